@@ -9,8 +9,8 @@ from pathlib import Path
 class DataError(ValueError):
     """A bad input file or argument. The message reads ``<file>: <problem>. Fix: <fix>``."""
 
-    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str) -> None:
-        self.path = None if path is None else Path(path)
+    def __init__(self, path: str | os.PathLike | object | None, problem: str, fix: str) -> None:
+        self.path = Path(path) if isinstance(path, str | os.PathLike) else path
         self.problem = problem
         self.fix = fix
         where = f"{path}: " if path is not None else ""

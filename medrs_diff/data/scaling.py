@@ -88,14 +88,17 @@ class Scaling:
         return asdict(self)
 
     def to_json(self) -> str:
+        """The record as JSON (GeoTIFF tags, NIfTI header extensions)."""
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Scaling:
+        """Inverse of :meth:`to_dict`."""
         return cls(**record)
 
     @classmethod
     def from_json(cls, text: str) -> Scaling:
+        """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
 
 

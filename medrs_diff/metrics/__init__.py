@@ -6,6 +6,7 @@ that keeps only sufficient statistics, so a whole test set streams through in bo
 This package is a leaf: it imports torch / numpy / scipy / MONAI and nothing else of medrs_diff.
 """
 
+from ._common import StreamingMetric
 from .brats import BRATS_REGIONS, BratsMetric, brats_regions, brats_scores
 from .calibration import CalibrationMetric, expected_calibration_error
 from .classification import ClassificationMetric, classification_scores, confusion_matrix
@@ -21,6 +22,7 @@ from .stochastic import StochasticSegMetric, generalized_energy_distance, hungar
 from .surface import SurfaceDistanceMetric, average_surface_distance, hd95, surface_dice, surface_distances
 
 __all__ = [
+    "StreamingMetric",
     "BRATS_REGIONS", "BratsMetric", "brats_regions", "brats_scores",
     "CalibrationMetric", "expected_calibration_error",
     "ClassificationMetric", "classification_scores", "confusion_matrix",

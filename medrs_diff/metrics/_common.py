@@ -19,13 +19,14 @@ ArrayLike = torch.Tensor | np.ndarray
 
 def as_float(x: Any, name: str) -> torch.Tensor:
     """Return ``x`` as a float64 tensor (numpy arrays, tensors and nested lists accepted)."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}") from err
+    if not isinstance(x, torch.Tensor):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biufc":
+            raise ValueError(f"{name} must be a torch tensor or numpy array of numbers, got "
+                             f"{type(x).__name__} of dtype {arr.dtype}")
+        if not arr.dtype.isnative:  # e.g. big-endian NIfTI data
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.is_complex():
         raise ValueError(f"{name} is complex; pass real-valued data")
     return x.to(torch.float64)

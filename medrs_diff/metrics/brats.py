@@ -79,7 +79,7 @@ class BratsMetric(StreamingMetric):
         rp, rr = brats_regions(pred, self.et_label), brats_regions(ref, self.et_label)
         for name in BRATS_REGIONS:
             a, b = rp[name].flatten(1), rr[name].flatten(1)
-            self._pooled[name] += torch.tensor([(a & b).sum(), a.sum(), b.sum()], dtype=torch.float64)
+            self._pooled[name] += torch.stack([(a & b).sum(), a.sum(), b.sum()]).double().cpu()
         self._n += int(as_float(pred, "pred").shape[0])
 
     def compute(self) -> dict[str, float]:

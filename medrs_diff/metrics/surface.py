@@ -19,6 +19,7 @@ for a 240×240×155 1 mm BraTS volume this is the challenge's 373.13 mm) and sur
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -68,7 +69,10 @@ def surface_distances(
             out["hd95"][b] = out["asd"][b] = 0.0 if both else penalty
             out["surface_dice"][b] = empty_score if both else 0.0
             continue
-        _, (d_pr, d_rp), _ = get_edge_surface_distance(p[b], r[b], spacing=sp, symmetric=True, warn_empty=False)
+        with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated internal argument
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+            _, (d_pr, d_rp), _ = get_edge_surface_distance(p[b], r[b], spacing=sp, symmetric=True,
+                                                           warn_empty=False)
         d_pr, d_rp = d_pr.double(), d_rp.double()
         out["hd95"][b] = torch.maximum(torch.quantile(d_pr, 0.95), torch.quantile(d_rp, 0.95))
         out["asd"][b] = torch.cat([d_pr, d_rp]).mean()

@@ -1,0 +1,46 @@
+"""Sampling helpers shared by methods: run a named engine sampler over n stochastic samples at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..diffusion.samplers import SAMPLERS
+from ..diffusion.schedules import Schedule
+from .base import check_sampler
+
+
+def sample_n(
+    denoise: Callable[[Tensor, Tensor], Tensor],
+    shape: tuple[int, ...],
+    schedule: Schedule,
+    *,
+    n_samples: int,
+    sampler: str,
+    steps: int | None,
+    device: torch.device,
+    generator: torch.Generator | None,
+    progress: bool = False,
+    **sampler_kwargs,
+) -> Tensor:
+    """Draw ``n_samples`` samples per batch element in one batched chain; returns (n, B, C, ...).
+
+    ``denoise`` must accept the batch repeated ``n_samples`` times along dim 0 (sample-major).
+    """
+    check_sampler(sampler)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    b = shape[0]
+    x_T = torch.randn((n_samples * b, *shape[1:]), generator=generator, device=device)
+    fn = SAMPLERS[sampler]
+    if sampler == "ddpm" or sampler == "ddim":
+        sampler_kwargs.setdefault("generator", generator)
+    out = fn(denoise, x_T, schedule, steps=steps, progress=progress, **sampler_kwargs)
+    return out.reshape(n_samples, b, *shape[1:])
+
+
+def repeat_batch(x: Tensor, n: int) -> Tensor:
+    """Repeat a (B, ...) tensor n times sample-major: (n*B, ...), matching :func:`sample_n`."""
+    return x.repeat(n, *([1] * (x.ndim - 1)))

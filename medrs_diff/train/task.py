@@ -1,0 +1,324 @@
+"""``DiffusionTask``: the one LightningModule that trains, validates and runs any :class:`DiffusionMethod`.
+
+Training calls ``method.loss(batch, generator)`` with a per-rank training-noise generator whose state
+is checkpointed; AdamW with linear warm-up and cosine decay steps per optimizer step. Validation
+samples with a fast sampler, logs the method's metrics (its ``validation_metrics(batch, out)`` hook,
+else Dice for label targets and PSNR for image targets) and writes a PNG panel from the first batch.
+Validation is RNG-neutral (global RNG states are put back afterwards) and checkpoints carry all RNG
+states, so a run resumed from a checkpoint continues exactly where the original would have gone.
+Precision (bf16-mixed on GPU, fp32 on CPU) and gradient clipping are the trainer's settings; sampling
+always runs with autocast off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from ..data.keys import LABEL, MASK
+from ..methods.base import DiffusionMethod, check_sampler
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    build_method,
+    capture_rng_state,
+    check_state_fits,
+    class_path_of,
+    install_atomic_io,
+    method_config,
+    restore_rng_state,
+)
+from .optim import param_groups, warmup_cosine
+from .panels import save_panel
+
+#: PSNR of identical images is infinite; logged values are capped here so epoch means stay finite.
+PSNR_CAP_DB = 100.0
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _given_method_config() -> dict[str, Any] | None:
+    """The method's ``{class_path, init_args}`` as written in the LightningCLI config, when the CLI builds us."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - private API moved
+        return None
+    given = _given_hyperparameters.get()
+    m = given.get("method") if isinstance(given, Mapping) else None
+    if isinstance(m, Mapping) and "class_path" in m:
+        return {"class_path": m["class_path"], "init_args": dict(m.get("init_args") or {})}
+    return None
+
+
+class DiffusionTask(L.LightningModule):
+    """Train any method. LightningCLI builds it from ``model.init_args.method.class_path`` + ``init_args``.
+
+    ``lr``, ``weight_decay`` (AdamW; biases and norms are not decayed), ``warmup_steps`` (linear
+    warm-up), ``max_steps_for_schedule`` (cosine horizon; default ``trainer.max_steps`` or the
+    estimated number of optimizer steps), ``min_lr_ratio`` (floor of the cosine). Validation:
+    ``val_sampler`` / ``val_steps`` / ``val_samples`` go to ``method.predict``; ``val_metric`` names a
+    reported metric that is also logged as ``val/metric`` (one name for checkpoint monitors);
+    ``panels_dir`` (default ``<log_dir>/panels``), ``panel_rows`` images per panel. ``seed`` seeds the
+    training-noise generator (offset per rank) and validation sampling.
+    """
+
+    def __init__(
+        self,
+        method: DiffusionMethod,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        max_steps_for_schedule: int | None = None,
+        min_lr_ratio: float = 0.0,
+        val_sampler: str = "dpm_solver_pp",
+        val_steps: int = 20,
+        val_samples: int = 1,
+        val_metric: str | None = None,
+        panels_dir: str | None = None,
+        panel_rows: int = 4,
+        seed: int = 0,
+    ) -> None:
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "method")}
+        super().__init__()
+        if isinstance(method, Mapping):  # load_from_checkpoint / plain dict configs
+            method = build_method(method)
+        if not isinstance(method, DiffusionMethod):
+            raise TypeError(
+                f"method must be a medrs_diff DiffusionMethod (e.g. medrs_diff.methods.segdiff.SegDiff), "
+                f"got {type(method).__name__}"
+            )
+        check_sampler(val_sampler)
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if val_steps < 1 or val_samples < 1:
+            raise ValueError(f"val_steps and val_samples must be >= 1, got {val_steps} and {val_samples}")
+        self.method = method
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.max_steps_for_schedule, self.min_lr_ratio = max_steps_for_schedule, min_lr_ratio
+        self.val_sampler, self.val_steps, self.val_samples = val_sampler, val_steps, val_samples
+        self.val_metric, self.panels_dir, self.panel_rows, self.seed = val_metric, panels_dir, panel_rows, seed
+        cfg = _given_method_config() or method_config(method)
+        if not cfg["init_args"] and _has_required_args(type(method)):
+            rank_zero_warn(
+                f"{type(method).__name__} does not record its constructor arguments (self._init_args); "
+                "checkpoints will not be able to rebuild it"
+            )
+        self.save_hyperparameters({"method": cfg, **args})
+        self._train_generator: torch.Generator | None = None
+        self._rng_to_restore: list[dict[str, Any]] | None = None
+        self._val_rng_stash: dict[str, Any] | None = None
+        self._panel_done = False
+
+    # -- setup --------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        install_atomic_io(self.trainer)
+
+    def on_fit_start(self) -> None:
+        self._train_generator = torch.Generator(device=self.device)
+        self._train_generator.manual_seed(int(self.seed) * 1_000_003 + 7_919 * int(self.global_rank) + 1)
+
+    def on_train_start(self) -> None:
+        states, self._rng_to_restore = self._rng_to_restore, None
+        if not states:
+            return
+        world, rank = self.trainer.world_size, self.global_rank
+        if len(states) != world:
+            rank_zero_warn(
+                f"the checkpoint holds RNG states of {len(states)} process(es), this run has {world}; "
+                "restoring the first one everywhere (the resumed run is not bit-exact)"
+            )
+        state = states[rank] if len(states) == world else states[0]
+        restore_rng_state(state["global"])
+        gen_state = state.get("train_generator")
+        if gen_state is not None and self._train_generator is not None:
+            try:
+                self._train_generator.set_state(gen_state.cpu())
+            except RuntimeError:
+                rank_zero_warn("the training-noise generator state does not fit this device type; reseeded instead")
+
+    # -- optimisation ---------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = torch.optim.AdamW(param_groups(self.method, self.weight_decay), lr=self.lr)
+        sched = warmup_cosine(opt, self.warmup_steps, self._schedule_horizon(), self.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def _schedule_horizon(self) -> int | None:
+        if self.max_steps_for_schedule is not None:
+            return int(self.max_steps_for_schedule)
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        est = trainer.estimated_stepping_batches
+        return int(est) if est != float("inf") else None
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, logs = self.method.loss(batch, generator=self._train_generator)
+        bs = self._batch_size(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for k, v in logs.items():
+            if k != "loss":
+                self.log(f"train/{k}", v, batch_size=bs)
+        return loss
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def _batch_size(self, batch: dict[str, Any]) -> int | None:
+        x = batch.get(self.method.input_key) if isinstance(batch, Mapping) else None
+        return int(x.shape[0]) if isinstance(x, Tensor) else None
+
+    def _generate(self, batch: dict[str, Any], batch_idx: int, stream: int) -> dict[str, Tensor]:
+        """``method.predict`` with the fast sampler, autocast off, seeded per (seed, stream, rank, batch)."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(((int(self.seed) * 31 + stream) * 1_000_003 + int(self.global_rank)) * 100_003 + batch_idx)
+        ctx = (
+            torch.autocast(device_type=self.device.type, enabled=False)
+            if self.device.type in _AUTOCAST_DEVICES else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.method.predict(
+                batch, sampler=self.val_sampler, steps=self.val_steps, n_samples=self.val_samples, generator=g,
+                progress=False,
+            )
+        if not isinstance(out, Mapping) or "prediction" not in out:
+            raise TypeError(f"{type(self.method).__name__}.predict must return a dict with a 'prediction' tensor")
+        return dict(out)
+
+    def compute_metrics(self, batch: dict[str, Any], out: Mapping[str, Tensor]) -> dict[str, Any]:
+        """The method's ``validation_metrics(batch, out)``; else Dice (label / mask targets) or PSNR (images,
+        model space [-1, 1], data range 2, capped at 100 dB). Empty when the batch has no target."""
+        hook = getattr(self.method, "validation_metrics", None)
+        if callable(hook):
+            return dict(hook(batch, out))
+        key = self.method.target_key
+        ref = batch.get(key)
+        if not isinstance(ref, Tensor):
+            return {}
+        pred = out["prediction"].float()
+        ref = ref.float()
+        if pred.shape != ref.shape:
+            raise ValueError(
+                f"{type(self.method).__name__}: prediction {tuple(pred.shape)} and batch[{key!r}] {tuple(ref.shape)} "
+                "differ in shape; define validation_metrics(batch, out) on the method to compare them"
+            )
+        from ..metrics import dice, psnr
+
+        if key in (LABEL, MASK):
+            flat = (pred.shape[0] * pred.shape[1], *pred.shape[2:])
+            return {"dice": dice(pred.reshape(flat), (ref > 0.5).reshape(flat), threshold=0.5).float().mean()}
+        return {"psnr": psnr(pred, ref, data_range=2.0).clamp(max=PSNR_CAP_DB).float().mean()}
+
+    def _evaluate(self, stage: str, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> dict[str, Any]:
+        out = self._generate(batch, batch_idx, stream=1 if stage == "val" else 2)
+        metrics = self.compute_metrics(batch, out)
+        bs = self._batch_size(batch)
+        for k, v in metrics.items():
+            self.log(f"{stage}/{k}", v, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs,
+                     prog_bar=(k == self.val_metric), add_dataloader_idx=False)
+        if self.val_metric is not None:
+            if self.val_metric not in metrics:
+                raise ValueError(
+                    f"val_metric={self.val_metric!r} is not among the metrics {type(self.method).__name__} reports "
+                    f"({sorted(metrics)}); set model.init_args.val_metric to one of them or to null"
+                )
+            self.log(f"{stage}/metric", metrics[self.val_metric], on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=bs, add_dataloader_idx=False)
+        if batch_idx == 0 and dataloader_idx == 0 and not self._panel_done and not self.trainer.sanity_checking:
+            self._panel_done = True
+            if self.trainer.is_global_zero:
+                self.write_panel(stage, batch, out)
+        return metrics
+
+    def write_panel(self, stage: str, batch: Mapping[str, Any], out: Mapping[str, Tensor]) -> str:
+        """Write ``<panels_dir>/<stage>_step<global_step>.png`` (input / prediction / reference / uncertainty)."""
+        folder = self.panels_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "panels")
+        path = os.path.join(folder, f"{stage}_step{self.global_step:08d}.png")
+        cols = {
+            "input": batch.get(self.method.input_key),
+            "prediction": out.get("prediction"),
+            "reference": batch.get(self.method.target_key),
+            "uncertainty": out.get("uncertainty"),
+        }
+        cols = {k: v for k, v in cols.items() if isinstance(v, Tensor) and v.ndim in (4, 5)}
+        save_panel(path, cols, max_rows=self.panel_rows, title=f"{self.method.name} {stage} step {self.global_step}")
+        return path
+
+    def on_validation_start(self) -> None:
+        # Sampling must not move the training RNG streams: a resumed run does not re-run this validation.
+        self._val_rng_stash = capture_rng_state()
+        self._panel_done = False
+
+    def on_validation_end(self) -> None:
+        if self._val_rng_stash is not None:
+            restore_rng_state(self._val_rng_stash)
+            self._val_rng_stash = None
+
+    def on_test_start(self) -> None:
+        self._panel_done = False
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._evaluate("val", batch, batch_idx, dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._evaluate("test", batch, batch_idx, dataloader_idx)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return self._generate(batch, batch_idx, stream=3)
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """This rank's RNG states (the pre-validation ones while validating), gathered from every rank."""
+        state = {
+            "global": self._val_rng_stash if self._val_rng_stash is not None else capture_rng_state(),
+            "train_generator": None if self._train_generator is None else self._train_generator.get_state(),
+        }
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+            return states
+        return [state]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medrs_diff"] = {
+            "format": CHECKPOINT_FORMAT,
+            "task": class_path_of(self),
+            "method": dict(self.hparams["method"]),
+            "method_name": self.method.name,
+        }
+        checkpoint["rng_states"] = self._rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        where = "checkpoint"
+        if self._trainer is not None and self._trainer.ckpt_path:
+            where = str(self._trainer.ckpt_path)
+        record = checkpoint.get("medrs_diff")
+        mine = class_path_of(self.method)
+        if isinstance(record, Mapping) and isinstance(record.get("method"), Mapping):
+            theirs = record["method"].get("class_path")
+            if theirs != mine:
+                raise CheckpointError(
+                    where, f"holds a {record.get('method_name', '?')} model ({theirs}), but this run trains "
+                    f"{self.method.name} ({mine})",
+                    "resume with the recipe the checkpoint was trained with, or start a new run without --ckpt_path",
+                )
+        raw = checkpoint.get("state_dict")
+        if not isinstance(raw, Mapping):
+            raise CheckpointError(where, "has no 'state_dict'", "pass a Lightning checkpoint from `medrs-diff fit`")
+        check_state_fits(self.method, {k[7:]: v for k, v in raw.items() if k.startswith("method.")}, where,
+                         "model weights")
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+
+def _has_required_args(cls: type) -> bool:
+    import inspect
+
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return any(p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
