@@ -41,7 +41,7 @@ def write_sr_pair(hr: np.ndarray, crs, transform: Affine, out_dir: PathLike, nam
     if np.issubdtype(hr.dtype, np.integer):
         lr = np.clip(np.round(lr), max(1, np.iinfo(hr.dtype).min), np.iinfo(hr.dtype).max)
     lr = lr.astype(hr.dtype)
-    lr_transform = transform * Affine.scale(scale)
+    lr_transform = transform @ Affine.scale(scale)
     rec = {K.IMAGE: str(out / "hr" / f"{name}.tif"), K.COND: str(out / "lr" / f"{name}.tif")}
     write_geotiff(hr, rec[K.IMAGE], crs=crs, transform=transform, nodata=nodata, band_names=band_names)
     write_geotiff(lr, rec[K.COND], crs=crs, transform=lr_transform, nodata=nodata, band_names=band_names)

@@ -1,10 +1,10 @@
 """Fuse N stochastic samples and measure their disagreement.
 
-Conventions: an ensemble is stacked on a new leading axis N. Continuous samples (images, mask
-logits or probabilities) are (N, ...). Label maps for voting and STAPLE are integer tensors
-(N, ...) for majority voting and (N, B, *spatial) for STAPLE (rater parameters are estimated per
-case b). Class probabilities for the uncertainty maps are (N, B, K, *spatial) (K = 1 means the
-foreground probability of a binary task).
+Layout (the metrics' convention, e.g. ``metrics.stochastic``): the sample axis N follows the batch
+axis. Continuous samples (images, mask probabilities) are (B, N, ...); label maps for voting and
+STAPLE are integer tensors (B, N, *spatial), with STAPLE's rater parameters estimated per case b;
+class probabilities for the uncertainty maps are (B, N, K, *spatial) (K = 1 means the foreground
+probability of a binary task). Stack sampler outputs with ``torch.stack(samples, dim=1)``.
 
 * :func:`fuse_mean`, :func:`majority_vote`, :func:`staple` (Warfield et al. 2004 EM, binary and
   multi-class with per-rater confusion matrices);
@@ -24,10 +24,13 @@ import torch
 from torch import Tensor
 
 
-def _check_ensemble(x: Tensor, name: str, min_ndim: int = 1) -> None:
-    if not isinstance(x, Tensor) or x.ndim < min_ndim or x.shape[0] < 1:
+def _check_ensemble(x: Tensor, name: str, min_ndim: int = 2) -> None:
+    if not isinstance(x, Tensor) or x.ndim < min_ndim or x.shape[1] < 1:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be stacked on a leading sample axis N >= 1, got shape {shape}")
+        raise ValueError(
+            f"{name} must be (B, N, ...) with the sample axis N >= 1 second, got shape {shape}; "
+            "stack samples with torch.stack(samples, dim=1)"
+        )
 
 
 def _warn_single(what: str) -> None:
@@ -39,9 +42,9 @@ def _warn_single(what: str) -> None:
 
 
 def fuse_mean(samples: Tensor) -> Tensor:
-    """Mean over the sample axis: (N, ...) -> (...)."""
+    """Mean over the sample axis: (B, N, ...) -> (B, ...)."""
     _check_ensemble(samples, "samples")
-    return samples.mean(0)
+    return samples.mean(1)
 
 
 def _labels(labels: Tensor, num_classes: int | None) -> tuple[Tensor, int]:
@@ -62,10 +65,10 @@ def _labels(labels: Tensor, num_classes: int | None) -> tuple[Tensor, int]:
 
 
 def majority_vote(labels: Tensor, num_classes: int | None = None) -> Tensor:
-    """Per-pixel most frequent label over the N axis: (N, ...) -> (...); ties go to the lower class."""
+    """Per-pixel most frequent label over the N axis: (B, N, ...) -> (B, ...); ties go to the lower class."""
     _check_ensemble(labels, "labels")
     labels, k = _labels(labels, num_classes)
-    counts = torch.nn.functional.one_hot(labels, k).sum(0)
+    counts = torch.nn.functional.one_hot(labels, k).sum(1)
     return counts.argmax(-1)  # argmax returns the first maximum: the lowest tied class
 
 
@@ -105,7 +108,7 @@ def staple(
     prior: Tensor | None = None,
     init_accuracy: float = 0.9,
 ) -> StapleResult:
-    """STAPLE by expectation-maximisation over raters' label maps (N, B, *spatial).
+    """STAPLE by expectation-maximisation over raters' label maps (B, N, *spatial).
 
     E-step: W(s) proportional to f(s) prod_j theta_j[d_j, s]; M-step: theta_j[k, s] = sum over pixels
     of W(s) [d_j = k] / sum of W(s). The prior f is fixed: by default each case's class frequencies
@@ -120,10 +123,10 @@ def staple(
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
     labels, k = _labels(labels, num_classes)
-    n, b, *spatial = labels.shape
-    onehot = torch.nn.functional.one_hot(labels.reshape(n, b, -1), k).double()  # (N, B, V, K)
+    b, n, *spatial = labels.shape
+    onehot = torch.nn.functional.one_hot(labels.reshape(b, n, -1), k).double()  # (B, N, V, K)
     if prior is None:
-        f = onehot.mean(dim=(0, 2))  # (B, K)
+        f = onehot.mean(dim=(1, 2))  # (B, K)
     else:
         f = torch.as_tensor(prior, dtype=torch.float64, device=labels.device).reshape(1, -1).expand(b, -1)
         if f.shape[1] != k or (f < 0).any() or not torch.allclose(f.sum(1), torch.ones_like(f[:, 0])):
@@ -137,9 +140,9 @@ def staple(
     w = f[:, None, :].expand(b, onehot.shape[2], k)
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         log_theta = torch.log(theta.clamp_min(1e-300))
-        logits = log_f[:, None, :] + torch.einsum("nbvk,bnks->bvs", onehot, log_theta)
+        logits = log_f[:, None, :] + torch.einsum("bnvk,bnks->bvs", onehot, log_theta)
         w = torch.softmax(logits, dim=-1)  # (B, V, K)
-        num = torch.einsum("bvs,nbvk->bnks", w, onehot)
+        num = torch.einsum("bvs,bnvk->bnks", w, onehot)
         den = w.sum(1)[:, None, None, :]  # (B, 1, 1, K)
         new = torch.where(den > 0, num / den.clamp_min(1e-300), theta)
         delta = float((new - theta).abs().max())
@@ -152,16 +155,16 @@ def staple(
 
 
 def variance_map(samples: Tensor) -> Tensor:
-    """Per-pixel unbiased variance over the sample axis: (N, ...) -> (...); zeros (and a warning) for N = 1."""
+    """Per-pixel unbiased variance over the sample axis: (B, N, ...) -> (B, ...); zeros and a warning for N = 1."""
     _check_ensemble(samples, "samples")
-    if samples.shape[0] == 1:
+    if samples.shape[1] == 1:
         _warn_single("variance")
-        return torch.zeros_like(samples[0])
-    return samples.var(0, correction=1)
+        return torch.zeros_like(samples[:, 0])
+    return samples.var(1, correction=1)
 
 
 def _class_probs(probs: Tensor) -> Tensor:
-    """Validate (N, B, K, *spatial) probabilities; a single channel becomes (1 - p, p)."""
+    """Validate (B, N, K, *spatial) probabilities; a single channel becomes (1 - p, p)."""
     _check_ensemble(probs, "probabilities", min_ndim=4)
     if not torch.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
         raise ValueError("probabilities must lie in [0, 1]; apply softmax/sigmoid to logits first")
@@ -170,7 +173,7 @@ def _class_probs(probs: Tensor) -> Tensor:
     total = probs.sum(2)
     if not torch.allclose(total, torch.ones_like(total), atol=1e-4):
         raise ValueError(
-            "class probabilities must sum to 1 over the class axis (axis 2 of (N, B, K, *spatial)); "
+            "class probabilities must sum to 1 over the class axis (axis 2 of (B, N, K, *spatial)); "
             "apply softmax over classes first"
         )
     return probs
@@ -181,21 +184,21 @@ def _entropy(p: Tensor, dim: int) -> Tensor:
 
 
 def predictive_entropy(probs: Tensor) -> Tensor:
-    """Entropy (nats) of the mean prediction: (N, B, K, *spatial) -> (B, *spatial).
+    """Entropy (nats) of the mean prediction: (B, N, K, *spatial) -> (B, *spatial).
 
     For N = 1 it is the single sample's own entropy (a warning says so).
     """
     p = _class_probs(probs)
-    if p.shape[0] == 1:
+    if p.shape[1] == 1:
         _warn_single("predictive entropy")
-    return _entropy(p.mean(0), dim=1)
+    return _entropy(p.mean(1), dim=1)
 
 
 def mutual_information(probs: Tensor) -> Tensor:
-    """H[mean_n p_n] - mean_n H[p_n] (nats, >= 0): (N, B, K, *spatial) -> (B, *spatial); zeros for N = 1."""
+    """H[mean_n p_n] - mean_n H[p_n] (nats, >= 0): (B, N, K, *spatial) -> (B, *spatial); zeros for N = 1."""
     p = _class_probs(probs)
-    if p.shape[0] == 1:
+    if p.shape[1] == 1:
         _warn_single("mutual information")
-        return torch.zeros_like(p[0, :, 0])
-    mi = _entropy(p.mean(0), dim=1) - _entropy(p, dim=2).mean(0)
+        return torch.zeros_like(p[:, 0, 0])
+    mi = _entropy(p.mean(1), dim=1) - _entropy(p, dim=2).mean(1)
     return mi.clamp_min(0.0)

@@ -41,7 +41,7 @@ class NullCondition(nn.Module):
 
     def forward(self, like: Tensor) -> Tensor:
         """The null condition shaped like the condition batch ``like`` (B, ...)."""
-        emb = self.embedding.to(like.dtype)
+        emb = self.embedding.to(device=like.device, dtype=like.dtype)
         try:
             target = torch.broadcast_shapes(emb.shape, like.shape[1:])
         except RuntimeError:
@@ -63,7 +63,7 @@ def _null_like(null: Tensor | NullCondition, cond: Tensor, name: str) -> Tensor:
     if not isinstance(null, Tensor):
         raise ValueError(f"null condition for {name} must be a tensor or NullCondition, got {type(null).__name__}")
     try:
-        return null.to(cond.dtype).expand_as(cond)
+        return null.to(device=cond.device, dtype=cond.dtype).expand_as(cond)
     except RuntimeError:
         raise ValueError(
             f"null condition of shape {tuple(null.shape)} does not broadcast to the condition {name} "
@@ -134,7 +134,7 @@ def cfg_denoiser(
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         if x.shape[0] != batch:
             raise ValueError(f"the condition has batch {batch} but the sample has {x.shape[0]}; they must match")
-        if scale == 1.0 and rescale == 0.0:
+        if scale == 1.0:  # the guided prediction is the conditional one (rescale then changes nothing)
             return net(x, t, cond)
         if scale == 0.0:
             return net(x, t, _map(cond, null_cond, lambda c, n, name: n))

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..process import check_spatial
 from ..samplers.base import Hook, StepContext
 from ..schedules import Schedule
 from ._common import as_batch, block_lowpass, check_factor, check_same_image_shape, forward_sample
@@ -41,8 +42,7 @@ class DataConsistency(Hook):
         stop_t: int = 0,
         enabled: bool = True,
     ) -> None:
-        if not isinstance(measured, Tensor) or measured.ndim not in (4, 5):
-            raise ValueError("the measured image must be a (B, C, H, W) or (B, C, D, H, W) tensor")
+        check_spatial(measured, "measured image")
         if band not in BANDS:
             raise ValueError(f"unknown band {band!r}; choose one of {BANDS}")
         if not 0.0 <= weight <= 1.0:

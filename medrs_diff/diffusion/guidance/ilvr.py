@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..process import check_spatial
 from ..samplers.base import Hook, StepContext
 from ..schedules import Schedule
 from ._common import as_batch, block_lowpass, check_factor, check_same_image_shape, forward_sample
@@ -28,8 +29,7 @@ class ILVR(Hook):
     """
 
     def __init__(self, reference: Tensor, factor: int = 4, stop_t: int = 0) -> None:
-        if not isinstance(reference, Tensor) or reference.ndim not in (4, 5):
-            raise ValueError("ILVR reference must be a (B, C, H, W) or (B, C, D, H, W) tensor")
+        check_spatial(reference, "ILVR reference")
         check_factor(tuple(reference.shape), factor, "ILVR")
         if stop_t < 0:
             raise ValueError(f"stop_t must be >= 0, got {stop_t}")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..process import check_spatial
 from ..samplers.base import Denoiser, Hook, Model, StepContext, begin_hooks, prepare, progress_iter, randn_like
 from ..samplers.ddpm import ddpm_step
 from ..schedules import Schedule, Spacing
@@ -31,8 +32,7 @@ class KnownRegion(Hook):
     """
 
     def __init__(self, known: Tensor, mask: Tensor) -> None:
-        if not isinstance(known, Tensor) or known.ndim not in (4, 5):
-            raise ValueError("the known image must be a (B, C, H, W) or (B, C, D, H, W) tensor")
+        check_spatial(known, "known image")
         m = check_binary_mask(mask)
         if m.ndim != known.ndim or m.shape[2:] != known.shape[2:] or m.shape[1] not in (1, known.shape[1]):
             raise ValueError(
