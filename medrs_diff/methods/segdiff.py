@@ -4,8 +4,9 @@ Faithful to the paper: the mask (scaled to [-1, 1]) is diffused; an RRDB encoder
 to features that are **added** to the noisy-mask features F(x_t) right after the UNet's first
 convolution (not concatenated); eps-MSE with fixed variances; T = 100 steps with the linear
 schedule; at test time N stochastic samples (the paper: all 100 ancestral steps) are mapped to
-[0, 1] and fused by mean (then 0.5) or majority vote, with their per-pixel variance as
-uncertainty. Works in 2D and 3D (``spatial_dims``). Binary masks (one foreground channel).
+[0, 1] and fused by mean (then 0.5), majority vote or STAPLE, with their per-pixel variance as
+uncertainty (``samples`` are returned as (B, N, 1, ...), the ensemble layout). Works in 2D and 3D
+(``spatial_dims``). Binary masks (one foreground channel).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..diffusion.ensemble import fuse_mean, majority_vote, staple, variance_map
 from ..diffusion.process import DiffusionLoss, check_spatial
 from ..diffusion.schedules import make_schedule
 from ..nets.rrdb import RRDBEncoder
@@ -23,7 +25,7 @@ from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
 from .base import DiffusionMethod
 
-FUSIONS = ("mean", "majority")
+FUSIONS = ("mean", "majority", "staple")
 
 
 class SegDiff(DiffusionMethod):
@@ -113,10 +115,13 @@ class SegDiff(DiffusionMethod):
             sampler=sampler or self.sampler, steps=steps or self.sampling_steps, device=image.device,
             generator=generator, progress=progress, clip=True,
         )
-        probs = ((samples + 1) / 2).clamp(0, 1)  # (n, B, 1, ...)
+        probs = ((samples + 1) / 2).clamp(0, 1).transpose(0, 1)  # (B, n, 1, ...): the ensemble layout
+        mean = fuse_mean(probs)
         if self.fusion == "majority":
-            fused = ((probs > 0.5).float().mean(0) > 0.5).float()
+            fused = majority_vote((probs > 0.5).long(), num_classes=2).float()
+        elif self.fusion == "staple":
+            fused = staple((probs[:, :, 0] > 0.5).long(), num_classes=2).labels[:, None].float()
         else:
-            fused = (probs.mean(0) > 0.5).float()
-        uncertainty = probs.var(0, unbiased=False) if n > 1 else torch.zeros_like(fused)
-        return {"prediction": fused, "probability": probs.mean(0), "uncertainty": uncertainty, "samples": probs}
+            fused = (mean > 0.5).float()
+        uncertainty = variance_map(probs) if n > 1 else torch.zeros_like(mean)
+        return {"prediction": fused, "probability": mean, "uncertainty": uncertainty, "samples": probs}

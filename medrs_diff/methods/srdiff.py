@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..diffusion.ensemble import fuse_mean, variance_map
 from ..diffusion.process import DiffusionLoss, Residual, check_spatial
 from ..diffusion.schedules import make_schedule
 from ..nets.conv import conv_transpose
@@ -146,8 +147,12 @@ class SRDiff(DiffusionMethod):
             sampler=sampler or self.sampler, steps=steps or self.sampling_steps, device=lr.device,
             generator=generator, progress=progress, clip=True,  # SRDiff clips the predicted residual to [-1, 1]
         )
-        hr = self.residual.decode(res, base[None]).clamp(-1, 1)  # (n, B, C, ...)
-        out = {"prediction": hr.mean(0), "baseline": base.clamp(-1, 1), "regression": self.sr_head(lr).clamp(-1, 1)}
-        out["uncertainty"] = hr.var(0, unbiased=False) if n > 1 else torch.zeros_like(out["prediction"])
-        out["samples"] = hr
-        return out
+        hr = self.residual.decode(res, base[None]).clamp(-1, 1).transpose(0, 1)  # (B, n, C, ...)
+        mean = fuse_mean(hr)
+        return {
+            "prediction": mean,
+            "uncertainty": variance_map(hr) if n > 1 else torch.zeros_like(mean),
+            "samples": hr,
+            "baseline": base.clamp(-1, 1),
+            "regression": self.sr_head(lr).clamp(-1, 1),
+        }

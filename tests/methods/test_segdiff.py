@@ -38,11 +38,18 @@ def test_loss_and_ensemble_shapes(dims):
     loss, logs = m.loss(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     out = m.predict(batch, sampler="ddim", steps=3, n_samples=3, generator=torch.Generator().manual_seed(0))
-    assert out["prediction"].shape == shape and out["samples"].shape == (3, *shape)
+    assert out["prediction"].shape == shape and out["samples"].shape == (2, 3, 1) + (8,) * dims
     assert set(out["prediction"].unique().tolist()) <= {0.0, 1.0}
     p = out["samples"]
-    assert torch.allclose(out["uncertainty"], p.var(0, unbiased=False))  # per-pixel variance of the samples
-    assert torch.equal(out["prediction"], (p.mean(0) > 0.5).float())
+    assert torch.allclose(out["uncertainty"], p.var(1))  # per-pixel variance of the samples
+    assert torch.equal(out["prediction"], (p.mean(1) > 0.5).float())
+    for fusion in ("majority", "staple"):
+        m.fusion = fusion
+        fused = m.predict(batch, sampler="ddim", steps=3, n_samples=3, generator=torch.Generator().manual_seed(0))
+        votes = (fused["samples"] > 0.5).float().sum(1)  # 3 raters: majority = at least 2 votes
+        if fusion == "majority":
+            assert torch.equal(fused["prediction"], (votes >= 2).float())
+        assert fused["prediction"].shape == shape
 
 
 def test_segdiff_defaults_follow_the_paper():
