@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..data.keys import LABEL, MASK
 from ..methods.base import DiffusionMethod, check_sampler
+from ..nets.fastpath import FastPath, apply_fast_path
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -66,7 +67,9 @@ class DiffusionTask(L.LightningModule):
     ``val_sampler`` / ``val_steps`` / ``val_samples`` go to ``method.predict``; ``val_metric`` names a
     reported metric that is also logged as ``val/metric`` (one name for checkpoint monitors);
     ``panels_dir`` (default ``<log_dir>/panels``), ``panel_rows`` images per panel. ``seed`` seeds the
-    training-noise generator (offset per rank) and validation sampling.
+    training-noise generator (offset per rank) and validation sampling. ``fast_path`` (recipe key
+    ``model.init_args.fast_path``: ``channels_last``, ``checkpointing``, ``compile``) speeds up the
+    denoiser without changing its outputs; all off by default.
     """
 
     def __init__(
@@ -84,8 +87,12 @@ class DiffusionTask(L.LightningModule):
         panels_dir: str | None = None,
         panel_rows: int = 4,
         seed: int = 0,
+        fast_path: FastPath | None = None,
     ) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "method")}
+        if isinstance(fast_path, Mapping):  # load_from_checkpoint passes the stored dict back
+            fast_path = FastPath(**fast_path)
+        args["fast_path"] = fast_path.to_dict() if fast_path is not None else None
         super().__init__()
         if isinstance(method, Mapping):  # load_from_checkpoint / plain dict configs
             method = build_method(method)
@@ -100,6 +107,10 @@ class DiffusionTask(L.LightningModule):
         if val_steps < 1 or val_samples < 1:
             raise ValueError(f"val_steps and val_samples must be >= 1, got {val_steps} and {val_samples}")
         self.method = method
+        if fast_path is not None:
+            # channels_last / activation checkpointing / torch.compile on the denoiser; bf16 is the
+            # trainer's `precision: bf16-mixed`. State-dict keys are unchanged either way.
+            apply_fast_path(getattr(method, "unet", method), fast_path)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_steps_for_schedule, self.min_lr_ratio = max_steps_for_schedule, min_lr_ratio
         self.val_sampler, self.val_steps, self.val_samples = val_sampler, val_steps, val_samples

@@ -1,0 +1,14 @@
+"""tests/perf run tiny models: one intra-op thread is fastest and immune to oversubscription on shared cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
