@@ -44,3 +44,26 @@ def sample_n(
 def repeat_batch(x: Tensor, n: int) -> Tensor:
     """Repeat a (B, ...) tensor n times sample-major: (n*B, ...), matching :func:`sample_n`."""
     return x.repeat(n, *([1] * (x.ndim - 1)))
+
+
+def sample_with_features(
+    method,
+    features: Tensor,
+    shape: tuple[int, ...],
+    *,
+    n_samples: int,
+    sampler: str | None,
+    steps: int | None,
+    generator: torch.Generator | None,
+    progress: bool = False,
+) -> Tensor:
+    """``n_samples`` clipped samples per batch element from ``method.unet`` conditioned by ``features``
+    (computed once, not per step), with the method's default sampler and steps; returns (B, n, C, ...),
+    the ensemble layout."""
+    feats = repeat_batch(features, n_samples)
+    out = sample_n(
+        lambda x, t: method.unet(x, t, features=feats), shape, method.schedule, n_samples=n_samples,
+        sampler=sampler or method.sampler, steps=steps or method.sampling_steps, device=features.device,
+        generator=generator, progress=progress, clip=True,
+    )
+    return out.transpose(0, 1)

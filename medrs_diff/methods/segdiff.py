@@ -22,7 +22,7 @@ from ..diffusion.process import DiffusionLoss, check_spatial
 from ..diffusion.schedules import make_schedule
 from ..nets.rrdb import RRDBEncoder
 from ..nets.unet import ConditionedUNet
-from ._sampling import repeat_batch, sample_n
+from ._sampling import sample_with_features
 from .base import DiffusionMethod
 
 FUSIONS = ("mean", "majority", "staple")
@@ -108,14 +108,11 @@ class SegDiff(DiffusionMethod):
     ) -> dict[str, Tensor]:
         image, _ = self._inputs(batch)
         n = n_samples or self.n_samples
-        features = repeat_batch(self.encoder(image), n)  # the image is encoded once, not per step
-        shape = (image.shape[0], 1, *image.shape[2:])
-        samples = sample_n(
-            lambda x, t: self.unet(x, t, features=features), shape, self.schedule, n_samples=n,
-            sampler=sampler or self.sampler, steps=steps or self.sampling_steps, device=image.device,
-            generator=generator, progress=progress, clip=True,
+        samples = sample_with_features(
+            self, self.encoder(image), (image.shape[0], 1, *image.shape[2:]), n_samples=n, sampler=sampler,
+            steps=steps, generator=generator, progress=progress,
         )
-        probs = ((samples + 1) / 2).clamp(0, 1).transpose(0, 1)  # (B, n, 1, ...): the ensemble layout
+        probs = ((samples + 1) / 2).clamp(0, 1)  # (B, n, 1, ...) mask probabilities
         mean = fuse_mean(probs)
         if self.fusion == "majority":
             fused = majority_vote((probs > 0.5).long(), num_classes=2).float()

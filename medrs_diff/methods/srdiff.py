@@ -24,7 +24,7 @@ from ..diffusion.schedules import make_schedule
 from ..nets.conv import conv_transpose
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ..nets.unet import ConditionedUNet
-from ._sampling import repeat_batch, sample_n
+from ._sampling import sample_with_features
 from .base import DiffusionMethod
 
 
@@ -140,14 +140,11 @@ class SRDiff(DiffusionMethod):
         lr, _ = self._inputs(batch)
         n = n_samples or self.n_samples
         base = self.upsample(lr)
-        features = repeat_batch(self.condition(lr), n)
-        shape = tuple(base.shape)
-        res = sample_n(
-            lambda x, t: self.unet(x, t, features=features), shape, self.schedule, n_samples=n,
-            sampler=sampler or self.sampler, steps=steps or self.sampling_steps, device=lr.device,
-            generator=generator, progress=progress, clip=True,  # SRDiff clips the predicted residual to [-1, 1]
+        res = sample_with_features(  # clipped: SRDiff clips the predicted residual to [-1, 1]
+            self, self.condition(lr), tuple(base.shape), n_samples=n, sampler=sampler, steps=steps,
+            generator=generator, progress=progress,
         )
-        hr = self.residual.decode(res, base[None]).clamp(-1, 1).transpose(0, 1)  # (B, n, C, ...)
+        hr = self.residual.decode(res, base[:, None]).clamp(-1, 1)  # (B, n, C, ...)
         mean = fuse_mean(hr)
         return {
             "prediction": mean,
