@@ -123,12 +123,8 @@ class LinearOperator:
         return self.H(x)
 
 
-class Denoising(LinearOperator):
-    """H = I: y is the image plus noise."""
-
-    def __init__(self, x_shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.x_shape = self.y_shape = _check_x_shape(x_shape)
+class _PixelBasis(LinearOperator):
+    """Operators whose SVD bases are the pixels themselves (diagonal H): V = U = I, flattened."""
 
     def Vt(self, x: Tensor) -> Tensor:  # noqa: N802
         return x.reshape(x.shape[0], -1)
@@ -138,6 +134,14 @@ class Denoising(LinearOperator):
 
     Ut, U = Vt, V
 
+
+class Denoising(_PixelBasis):
+    """H = I: y is the image plus noise."""
+
+    def __init__(self, x_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.x_shape = self.y_shape = _check_x_shape(x_shape)
+
     def _singulars(self) -> Tensor:
         return torch.ones(1, self.dim, dtype=torch.float64)
 
@@ -146,7 +150,7 @@ class Denoising(LinearOperator):
         return x
 
 
-class Inpainting(LinearOperator):
+class Inpainting(_PixelBasis):
     """H = diag(mask): y is the image with unknown pixels set to 0 (same shape as x).
 
     ``mask`` is {0, 1} (1 = observed), shaped (1 or B, 1 or C, *spatial); ``channels`` sets C when
@@ -167,14 +171,6 @@ class Inpainting(LinearOperator):
             raise ValueError(f"mask has {m.shape[1]} channels but the image has {c}; use 1 or {c} mask channels")
         self.x_shape = self.y_shape = _check_x_shape((c, *m.shape[2:]))
         self.mask = m.expand(m.shape[0], *self.x_shape).detach().to(torch.float64).cpu()
-
-    def Vt(self, x: Tensor) -> Tensor:  # noqa: N802
-        return x.reshape(x.shape[0], -1)
-
-    def V(self, z: Tensor) -> Tensor:  # noqa: N802
-        return z.reshape(z.shape[0], *self.x_shape)
-
-    Ut, U = Vt, V
 
     def _singulars(self) -> Tensor:
         return self.mask.reshape(self.mask.shape[0], -1)
