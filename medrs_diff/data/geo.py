@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import rasterio
 import torch
 from rasterio.transform import Affine
 from torch.utils.data import DataLoader
@@ -24,9 +23,10 @@ from torchgeo.datasets import GeoDataset, IntersectionDataset, RasterDataset, st
 from torchgeo.datasets.errors import DatasetNotFoundError
 from torchgeo.samplers import GridGeoSampler, RandomGeoSampler, get_random_bounding_box
 
+from ..io.geometry import compare_grids
+from ..io.geotiff import has_valid_data, open_geotiff
 from . import keys as K
 from .errors import DataError
-from .readers import has_valid_data
 from .scaling import Scaling, ScalingSpec, decibel, reflectance, resolve
 
 #: BigEarthNet Sentinel-2 L2A bands (B10 is not in L2A), one file per band.
@@ -101,7 +101,7 @@ class GeoRasterDataset(RasterDataset):
             for f in self._band_files(filepath):
                 if not Path(f).is_file():
                     raise DataError(f, "band file is missing", f"add it (every scene needs bands {self.bands})")
-                with rasterio.open(f) as src:
+                with open_geotiff(f) as src:
                     if self.nodata is None:
                         self.nodata = src.nodata
                     count = src.count
@@ -170,7 +170,7 @@ def _grid_of(ds: GeoDataset) -> tuple[Any, Affine, str]:
     if isinstance(ds, IntersectionDataset | SRPairDataset):  # its first member's grid
         return _grid_of(ds.datasets[0])
     path = str(ds.index.filepath.iloc[0])
-    with rasterio.open(path) as src:
+    with open_geotiff(path) as src:
         return src.crs, src.transform, path
 
 
@@ -178,9 +178,7 @@ def check_compatible(first: GeoDataset, second: GeoDataset, same_res: bool = Tru
     """Raise ``DataError`` if two datasets differ in CRS, or (``same_res``) in resolution or pixel grid."""
     crs1, t1, p1 = _grid_of(first)
     crs2, t2, p2 = _grid_of(second)
-    if crs1 != crs2:
-        raise DataError(p2, f"CRS {crs2} differs from {crs1} of {p1}",
-                        "reproject one file onto the other's CRS (e.g. `gdalwarp -t_srs`) or pass `reproject=True`")
+    compare_grids(p2, p1, crs=crs2, ref_crs=crs1, hints={"crs": "pass `reproject=True`"})
     if not same_res:
         return
     if not np.allclose(first.res, second.res, rtol=1e-9, atol=1e-9):

@@ -1,5 +1,5 @@
-"""Hyperspectral cubes (.mat / .npy / multi-band GeoTIFF) and labelled-pixel patches with spatially
-disjoint train/test splits.
+"""Hyperspectral cubes (.mat / ENVI / .npy / multi-band GeoTIFF, read through :mod:`medrs_diff.io`) and
+labelled-pixel patches with spatially disjoint train/test splits.
 
 Random pixel splits let a test pixel's patch overlap training patches, which inflates accuracy;
 :func:`disjoint_split` assigns whole blocks to train or test and keeps only pixels whose patch lies
@@ -18,58 +18,52 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from .. import io
+from ..io import registry
+from ..io.cube import read_cube
+from ..io.geotiff import read_geotiff
+from ..io.numpy_file import read_numpy
+from ..io.types import ArrayFile, Geometry
 from . import keys as K
 from .errors import DataError, require_file
-from .readers import read_geotiff
 from .scaling import Scaling, linear
 
 
 @dataclass
 class Cube:
-    """A cube as (bands, H, W) float32, with optional (H, W) integer labels (0 = unlabelled)."""
+    """A cube as (bands, H, W) float32, with optional (H, W) integer labels (0 = unlabelled) and the
+    geometry of its file (CRS / transform for GeoTIFF and ENVI, wavelengths when the file has them)."""
 
     data: np.ndarray
     labels: np.ndarray | None = None
     path: Path | None = None
+    geometry: Geometry | None = None
 
 
-def _load_mat(path: Path, key: str | None) -> np.ndarray:
-    import scipy.io
+#: The io formats a cube or label map may come in.
+CUBE_FORMATS = ("cube", "numpy", "geotiff")
 
-    try:
-        mat = scipy.io.loadmat(path)
-        arrays = {k: v for k, v in mat.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
-    except NotImplementedError:  # MATLAB v7.3 files are HDF5
-        import h5py
 
-        with h5py.File(path, "r") as f:
-            arrays = {k: np.asarray(f[k]).T for k in f.keys() if isinstance(f[k], h5py.Dataset)}
-    except Exception as exc:
-        raise DataError(path, f"cannot be read as a .mat file ({exc})", "re-save it from MATLAB or NumPy") from exc
-    if key is not None:
-        if key not in arrays:
-            raise DataError(path, f"has no variable '{key}' (it has {sorted(arrays)})", "pass one of those as `key`")
-        return arrays[key]
-    big = [k for k, v in arrays.items() if v.ndim >= 2]
-    if len(big) != 1:
-        raise DataError(path, f"holds {len(big)} arrays {sorted(big)}", "pass `key=` to choose one")
-    return arrays[big[0]]
+def read_array_file(path: str | os.PathLike, key: str | None = None, band_axis: int | None = None) -> ArrayFile:
+    """Read a .mat / ENVI .hdr / .npy / .npz / GeoTIFF through :mod:`medrs_diff.io` (one reader per format).
+
+    ``.mat``, ENVI and GeoTIFF come back as (band, y, x) (``.mat`` 3-D arrays with their band axis
+    ``band_axis``, default last, moved first); NumPy arrays as stored (memory-mapped).
+    """
+    p = require_file(path, "array file")
+    fmt = io.format_for(p, CUBE_FORMATS)
+    if fmt.name == "cube":
+        if registry.suffix_of(p) == ".hdr":
+            return read_cube(p)
+        return read_cube(p, key=key, band_axis=band_axis)
+    if fmt.name == "numpy":
+        return read_numpy(p, key=key, mmap=True)
+    return read_geotiff(p)
 
 
 def load_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-    """Load the raw array of a .mat / .npy / .tif file (GeoTIFF as (bands, H, W))."""
-    p = require_file(path, "array file")
-    suffix = p.suffix.lower()
-    if suffix == ".mat":
-        return _load_mat(p, key)
-    if suffix == ".npy":
-        try:
-            return np.load(p, mmap_mode="r")
-        except Exception as exc:
-            raise DataError(p, f"cannot be read as .npy ({exc})", "re-save it with numpy.save") from exc
-    if suffix in (".tif", ".tiff"):
-        return read_geotiff(p).data
-    raise DataError(p, f"unsupported extension '{suffix}'", "use .mat, .npy or a GeoTIFF")
+    """The array of a .mat / ENVI / .npy / .npz / GeoTIFF file (see :func:`read_array_file` for its layout)."""
+    return read_array_file(path, key).data
 
 
 def load_cube(path: str | os.PathLike, labels: str | os.PathLike | None = None, *, key: str | None = None,
@@ -77,19 +71,25 @@ def load_cube(path: str | os.PathLike, labels: str | os.PathLike | None = None, 
     """Load a cube as (bands, H, W) float32 and, optionally, its (H, W) label map.
 
     ``band_axis`` defaults to the last axis for .mat / .npy (Indian Pines, Pavia, Salinas store
-    (H, W, bands)) and to the first for GeoTIFF. 4-D arrays (frames, ...) need ``frame``.
+    (H, W, bands)); GeoTIFF and ENVI are band-first already. 2-D (bands, pixels) .mat arrays with the
+    image size stored beside them (Jasper Ridge, Samson) are unfolded in MATLAB column-major order.
+    4-D arrays (frames, ...) need ``frame``.
     """
     p = Path(path)
-    arr = np.asarray(load_array(p, key))
+    f = read_array_file(p, key, band_axis)
+    arr = np.asarray(f.data)
+    band_first = f.geometry.layout[:1] == ("band",)
     if arr.ndim == 4:
         if frame is None:
             raise DataError(p, f"is 4-D {arr.shape} (a time series)", "pass `frame=` to pick one frame")
         arr = arr[frame]
     if arr.ndim != 3:
         raise DataError(p, f"has shape {arr.shape}, not a 3-D cube", "pass a (H, W, bands) or (bands, H, W) array")
-    if band_axis is None:
-        band_axis = 0 if p.suffix.lower() in (".tif", ".tiff") else -1
-    data = np.ascontiguousarray(np.moveaxis(arr, band_axis, 0), dtype=np.float32)
+    if not band_first:
+        arr = np.moveaxis(arr, band_axis if band_axis is not None else -1, 0)
+    elif band_axis not in (None, 0) and f.geometry.extra.get("format") != "mat":
+        arr = np.moveaxis(arr, band_axis, 0)
+    data = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(data).any():
         raise DataError(p, "holds no finite value (all NaN)", "check the file; it holds no data")
     lab = None
@@ -100,7 +100,7 @@ def load_cube(path: str | os.PathLike, labels: str | os.PathLike | None = None, 
             raise DataError(labels, f"label map {lab.shape} differs from the cube's {data.shape[1:]} pixels",
                             "pass the label map of this cube")
         lab = lab.astype(np.int64)
-    return Cube(data, lab, p)
+    return Cube(data, lab, p, f.geometry)
 
 
 def band_scaling(data: np.ndarray, lower: float = 1.0, upper: float = 99.0,

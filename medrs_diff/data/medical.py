@@ -14,7 +14,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.data import Dataset
 from monai.transforms import (
@@ -34,9 +33,10 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
+from ..io.geometry import compare_grids
+from ..io.nifti import load_nifti_image
 from . import keys as K
 from .errors import DataError, require_file
-from .readers import load_nifti_image
 from .scaling import ScalingSpec, resolve
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -62,19 +62,14 @@ def check_grids(paths: Mapping[str, str | os.PathLike], atol: float = 1e-3) -> N
         _compare_grid(path, ref_path, tuple(img.shape[:3]), tuple(ref.shape[:3]), img.affine, ref.affine, atol)
 
 
+#: Ways out named in grid-mismatch errors of paired / stacked medical inputs.
+GRID_HINTS = {"affine": "raise `geometry_atol` if the difference is only rounding"}
+
+
 def _compare_grid(path: Any, ref_path: Any, shape: tuple, ref_shape: tuple, affine: Any, ref_affine: Any,
                   atol: float) -> None:
-    if shape != ref_shape:
-        raise DataError(path, f"spatial shape {shape} differs from {ref_shape} of {ref_path}",
-                        "paired and stacked inputs must share one voxel grid: resample this file onto the other "
-                        "(e.g. MONAI ResampleToMatchd or your registration tool)")
-    if atol == float("inf"):
-        return
-    diff = float(np.max(np.abs(np.asarray(affine, dtype=np.float64) - np.asarray(ref_affine, dtype=np.float64))))
-    if diff > atol:
-        raise DataError(path, f"affine differs from that of {ref_path} by up to {diff:.4g} (tolerance {atol})",
-                        "resample or register this file onto the other's grid, or raise `geometry_atol` if the "
-                        "difference is only rounding")
+    compare_grids(path, ref_path, shape=shape, ref_shape=ref_shape, affine=affine, ref_affine=ref_affine,
+                  atol=atol, shape_label="spatial shape", hints=GRID_HINTS)
 
 
 class CheckGeometryd(MapTransform):

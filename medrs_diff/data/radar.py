@@ -7,9 +7,7 @@ rain rate <-> reflectivity; a PyTorch dataset of windows of ``past`` and ``futur
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,10 @@ import xarray as xr
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..io.geometry import compare_grids
+from ..io.sequence import open_netcdf_dataarray, read_knmi_file, write_netcdf_dataarray
 from . import keys as K
-from .atomic import atomic_output
-from .errors import DataError, require_file
+from .errors import DataError
 from .scaling import Scaling, linear
 
 RAIN_NAME = "precip_rate"
@@ -54,62 +53,6 @@ def radar_scaling(min_dbz: float = 0.0, max_dbz: float = 60.0) -> Scaling:
     return linear(min_dbz, max_dbz, kind="dbz")
 
 
-def _attr(obj: Any, name: str) -> Any:
-    v = obj.attrs[name]
-    if isinstance(v, np.ndarray):
-        v = v.ravel()[0] if v.size == 1 else v
-    return v.decode() if isinstance(v, bytes | np.bytes_) else v
-
-
-def _knmi_crs(proj4: str) -> str:
-    """KNMI stores the ellipsoid in km; return the proj4 string in metres."""
-    def to_m(m: re.Match) -> str:
-        v = float(m.group(2))
-        return f"+{m.group(1)}={v * 1000 if v < 1e5 else v:.3f}"
-    return re.sub(r"\+(a|b)=([0-9.]+)", to_m, proj4).strip() + " +units=m +no_defs"
-
-
-def _read_knmi_file(path: Path) -> tuple[np.ndarray, datetime, dict[str, Any]]:
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(path, f"cannot be read as HDF5 ({exc})", "check that it is a complete KNMI .h5 file") from exc
-    with f:
-        try:
-            img, cal, geo = f["image1"], f["image1/calibration"], f["geographic"]
-            raw = img["image_data"][...]
-            formula = _attr(cal, "calibration_formulas")
-            missing = {int(_attr(cal, "calibration_missing_data")), int(_attr(cal, "calibration_out_of_image"))}
-            quantity = str(_attr(img, "image_geo_parameter")).upper()
-            start = datetime.strptime(_attr(f["overview"], "product_datetime_start"), "%d-%b-%Y;%H:%M:%S.%f")
-            end = datetime.strptime(_attr(f["overview"], "product_datetime_end"), "%d-%b-%Y;%H:%M:%S.%f")
-            psx, psy = float(_attr(geo, "geo_pixel_size_x")), float(_attr(geo, "geo_pixel_size_y"))
-            col_off, row_off = float(_attr(geo, "geo_column_offset")), float(_attr(geo, "geo_row_offset"))
-            proj4 = _attr(f["geographic/map_projection"], "projection_proj4_params")
-        except KeyError as exc:
-            raise DataError(path, f"lacks the KNMI HDF5 item {exc}", "pass KNMI radar composites (HDF5 v3.5)") from exc
-    m = re.match(r"GEO\s*=\s*([-+0-9.eE]+)\s*\*\s*PV\s*\+?\s*([-+0-9.eE]+)", formula.replace(" ", ""))
-    if m is None:
-        raise DataError(path, f"unknown calibration formula '{formula}'", "expected 'GEO=<gain>*PV+<offset>'")
-    gain, offset = float(m.group(1)), float(m.group(2))
-    values = raw.astype(np.float32) * gain + offset
-    values[np.isin(raw, list(missing))] = np.nan
-    if "PRECIP" in quantity:  # accumulated mm over the product interval -> mm/h
-        minutes = (end - start).total_seconds() / 60.0 or 5.0
-        values = values * (60.0 / minutes)
-    elif "REFLECTIVITY" in quantity or "DBZ" in quantity:
-        values = dbz_to_rainrate(values).astype(np.float32)
-    else:
-        raise DataError(path, f"holds '{quantity}', not precipitation or reflectivity", "pass a KNMI rain product")
-    h, w = raw.shape
-    km = 1000.0
-    x = (col_off + (np.arange(w) + 0.5) * abs(psx)) * km
-    y = (-row_off - (np.arange(h) + 0.5) * abs(psy)) * km
-    return values, end, {"x": x, "y": y, "crs": _knmi_crs(proj4), "pixel": (abs(psx) * km, abs(psy) * km)}
-
-
 def read_knmi_hdf5(paths: str | os.PathLike | Sequence[str | os.PathLike], pattern: str = "*.h5",
                    progress: bool = False) -> xr.DataArray:
     """Read KNMI radar composites (a folder or a list of files) into a (time, y, x) rain-rate DataArray.
@@ -123,63 +66,40 @@ def read_knmi_hdf5(paths: str | os.PathLike | Sequence[str | os.PathLike], patte
             raise DataError(paths, f"no files matching '{pattern}'", "point to the folder holding the KNMI .h5 files")
     else:
         files = [Path(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
-    frames, times, geo = [], [], None
+    frames, times, first = [], [], None
     for p in tqdm(files, desc="KNMI radar", disable=not progress):
-        values, t, g = _read_knmi_file(require_file(p, "KNMI radar file"))
-        if geo is not None and (values.shape != frames[0].shape or g["crs"] != geo["crs"]):
-            raise DataError(p, f"grid {values.shape} / {g['crs']} differs from that of {files[0]}",
-                            "read files of one radar product only")
-        geo = geo or g
+        frame = read_knmi_file(p)
+        g = frame.geometry
+        if first is not None:
+            try:
+                compare_grids(p, files[0], shape=frame.shape, ref_shape=first.shape, crs=g.crs,
+                              ref_crs=first.geometry.crs, transform=g.transform, ref_transform=first.geometry.transform)
+            except DataError as exc:
+                raise DataError(p, exc.problem, "read files of one radar product only") from None
+        first = first or frame
+        values = frame.data[0]
+        if g.extra["units"] == "dBZ":
+            values = dbz_to_rainrate(values).astype(np.float32)
         frames.append(values)
-        times.append(np.datetime64(t, "ns"))
+        times.append(g.times[0])
     order = np.argsort(times)
-    pw, ph = geo["pixel"]
-    transform = tuple(float(v) for v in (geo["x"][0] - pw / 2, pw, 0.0, geo["y"][0] + ph / 2, 0.0, -ph))
+    g = first.geometry
     return xr.DataArray(
         np.stack([frames[i] for i in order]), dims=("time", "y", "x"), name=RAIN_NAME,
-        coords={"time": np.array(times)[order], "y": geo["y"], "x": geo["x"]},
-        attrs={"units": "mm/h", "crs": geo["crs"], "transform": transform,
+        coords={"time": np.array(times)[order], "y": g.extra["y"], "x": g.extra["x"]},
+        attrs={"units": "mm/h", "crs": g.crs, "transform": tuple(float(v) for v in g.transform.to_gdal()),
                "source": "KNMI radar composite", "files": [str(files[i]) for i in order]},
     )
 
 
 def read_radar_netcdf(path: str | os.PathLike, variable: str | None = None) -> xr.DataArray:
     """Read a (time, y, x) precipitation variable from netCDF (the only 3-D variable if not named)."""
-    p = require_file(path, "netCDF file")
-    try:
-        ds = xr.open_dataset(p)
-    except Exception as exc:
-        raise DataError(p, f"cannot be read as netCDF ({type(exc).__name__}: {exc})",
-                        "check that it is a complete netCDF-4 / HDF5 file") from exc
-    with ds:
-        names = [variable] if variable else [n for n, v in ds.data_vars.items() if v.ndim == 3]
-        if variable and variable not in ds:
-            raise DataError(p, f"has no variable '{variable}' (it has {list(ds.data_vars)})", "pass one of those")
-        if len(names) != 1:
-            raise DataError(p, f"has {len(names)} 3-D variables {names}", "pass `variable=` to choose one")
-        da = ds[names[0]].load()
-    if "time" not in da.dims:
-        raise DataError(p, f"variable '{da.name}' has dims {da.dims} without 'time'", "name the time dimension 'time'")
-    spatial = [d for d in da.dims if d != "time"]
-    da = da.transpose("time", *spatial).rename(dict(zip(spatial, ("y", "x"), strict=True)))
-    return da.astype(np.float32)
-
-
-def _nc_attr(v: Any) -> Any:
-    if isinstance(v, list | tuple):
-        numeric = all(isinstance(e, int | float) for e in v)
-        return np.asarray(v, dtype=np.float64) if numeric else "\n".join(map(str, v))
-    return v
+    return open_netcdf_dataarray(path, variable)
 
 
 def write_radar_netcdf(da: xr.DataArray, out_path: str | os.PathLike, inputs: Sequence[Any] = ()) -> Path:
     """Write a DataArray to netCDF-4 (compressed), atomically; list attributes are stored as strings."""
-    da = da.copy()
-    da.attrs = {k: _nc_attr(v) for k, v in da.attrs.items()}
-    name = da.name or RAIN_NAME
-    with atomic_output(out_path, inputs) as tmp:
-        da.to_dataset(name=name).to_netcdf(tmp, engine="netcdf4", encoding={name: {"zlib": True}})
-    return Path(out_path)
+    return write_netcdf_dataarray(da, out_path, inputs, default_name=RAIN_NAME)
 
 
 class RadarWindows(Dataset):

@@ -12,10 +12,9 @@ import numpy as np
 from rasterio.transform import Affine
 from scipy import ndimage
 
+from ..io.geotiff import read_geotiff, write_geotiff
 from . import keys as K
 from .errors import DataError
-from .readers import read_geotiff
-from .writers import write_geotiff
 
 PathLike = str | os.PathLike
 S2_RGB = ("B04", "B03", "B02")

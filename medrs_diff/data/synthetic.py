@@ -32,10 +32,14 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 
+from ..io.atomic import atomic_save
+from ..io.geotiff import write_geotiff
+from ..io.image2d import write_image2d
+from ..io.nifti import write_nifti
+from ..io.numpy_file import write_numpy
 from . import keys as K
 from .radar import RAIN_NAME, write_radar_netcdf
 from .scaling import decibel, linear, pet_suv, reflectance
-from .writers import write_geotiff, write_image2d, write_nifti
 
 PathLike = str | os.PathLike
 
@@ -356,12 +360,12 @@ def make_hyperspectral_cube(out_dir: PathLike, size: int | Sequence[int] = (40, 
     paths = {K.IMAGE: out / f"hsi_cube.{fmt}", K.LABEL: out / f"hsi_labels.{fmt}"}
     if fmt == "npy":
         for key, arr in ((K.IMAGE, cube), (K.LABEL, labels)):
-            np.save(paths[key], arr)
+            write_numpy(paths[key], arr)
     elif fmt == "mat":
         import scipy.io
 
-        scipy.io.savemat(paths[K.IMAGE], {"cube": cube})
-        scipy.io.savemat(paths[K.LABEL], {"labels": labels})
+        for key, name, arr in ((K.IMAGE, "cube", cube), (K.LABEL, "labels", labels)):
+            atomic_save(paths[key], lambda tmp, name=name, arr=arr: scipy.io.savemat(tmp, {name: arr}))
     elif fmt == "tif":
         t = from_origin(300_000.0, 4_000_000.0, 1.0, 1.0)
         write_geotiff(cube.transpose(2, 0, 1), paths[K.IMAGE], crs=UTM, transform=t)

@@ -1,9 +1,17 @@
-"""Published methods, each a small composition of a net, a condition encoder and an engine config."""
+"""Published methods, each a small composition of a net, a condition encoder and an engine config, plus the
+discriminative baselines; all share the contract in :mod:`.base`."""
 
-from .base import DiffusionMethod
+from .base import DiffusionMethod, IOSpec, Method
+from .baselines import RegressionSR, SMPUNet
 from .segdiff import SegDiff
 from .srdiff import SRDiff
 
-METHODS: dict[str, type[DiffusionMethod]] = {"segdiff": SegDiff, "srdiff": SRDiff}
+#: Registered methods by short name (recipes and checkpoints may name them so).
+METHODS: dict[str, type[Method]] = {
+    "segdiff": SegDiff,
+    "srdiff": SRDiff,
+    "smp_unet": SMPUNet,
+    "regression_sr": RegressionSR,
+}
 
-__all__ = ["METHODS", "DiffusionMethod", "SRDiff", "SegDiff"]
+__all__ = ["METHODS", "DiffusionMethod", "IOSpec", "Method", "RegressionSR", "SMPUNet", "SRDiff", "SegDiff"]

@@ -1,15 +1,17 @@
-"""Sampling helpers shared by methods: run a named engine sampler over n stochastic samples at once."""
+"""Sampling helpers shared by methods: run a registered engine sampler over n stochastic samples at once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.schedules import Schedule
-from .base import check_sampler
+from ..errors import ArgumentError
+from .base import DiffusionMethod, check_sampler
 
 
 def sample_n(
@@ -23,21 +25,20 @@ def sample_n(
     device: torch.device,
     generator: torch.Generator | None,
     progress: bool = False,
-    **sampler_kwargs,
+    **sampler_kwargs: Any,
 ) -> Tensor:
     """Draw ``n_samples`` samples per batch element in one batched chain; returns (n, B, C, ...).
 
-    ``denoise`` must accept the batch repeated ``n_samples`` times along dim 0 (sample-major).
+    ``denoise`` must accept the batch repeated ``n_samples`` times along dim 0 (sample-major). The
+    generator draws x_T and goes on to the sampler, whichever it is.
     """
     check_sampler(sampler)
     if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        raise ArgumentError("n_samples", f"must be >= 1, got {n_samples}", "draw at least one sample")
     b = shape[0]
     x_T = torch.randn((n_samples * b, *shape[1:]), generator=generator, device=device)
-    fn = SAMPLERS[sampler]
-    if sampler == "ddpm" or sampler == "ddim":
-        sampler_kwargs.setdefault("generator", generator)
-    out = fn(denoise, x_T, schedule, steps=steps, progress=progress, **sampler_kwargs)
+    out = SAMPLERS[sampler](denoise, x_T, schedule, steps=steps, progress=progress, generator=generator,
+                            **sampler_kwargs)
     return out.reshape(n_samples, b, *shape[1:])
 
 
@@ -47,7 +48,7 @@ def repeat_batch(x: Tensor, n: int) -> Tensor:
 
 
 def sample_with_features(
-    method,
+    method: DiffusionMethod,
     features: Tensor,
     shape: tuple[int, ...],
     *,
@@ -57,13 +58,15 @@ def sample_with_features(
     generator: torch.Generator | None,
     progress: bool = False,
 ) -> Tensor:
-    """``n_samples`` clipped samples per batch element from ``method.unet`` conditioned by ``features``
-    (computed once, not per step), with the method's default sampler and steps; returns (B, n, C, ...),
-    the ensemble layout."""
+    """``n_samples`` clipped samples per batch element from ``method.denoiser`` conditioned by ``features``
+    (computed once, not per step; the denoiser takes ``features=``), with the method's default sampler and
+    steps where none is given; returns (B, n, C, ...), the ensemble layout."""
     feats = repeat_batch(features, n_samples)
+    net = method.denoiser
     out = sample_n(
-        lambda x, t: method.unet(x, t, features=feats), shape, method.schedule, n_samples=n_samples,
-        sampler=sampler or method.sampler, steps=steps or method.sampling_steps, device=features.device,
+        lambda x, t: net(x, t, features=feats), shape, method.schedule, n_samples=n_samples,
+        sampler=sampler if sampler is not None else method.default_sampler,
+        steps=steps if steps is not None else method.sampling_steps, device=features.device,
         generator=generator, progress=progress, clip=True,
     )
     return out.transpose(0, 1)

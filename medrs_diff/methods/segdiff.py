@@ -20,10 +20,11 @@ from torch import Tensor
 from ..diffusion.ensemble import fuse_mean, majority_vote, staple, variance_map
 from ..diffusion.process import DiffusionLoss, check_spatial
 from ..diffusion.schedules import make_schedule
+from ..errors import ArgumentError, DataError
 from ..nets.rrdb import RRDBEncoder
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_with_features
-from .base import DiffusionMethod
+from .base import DiffusionMethod, check_mask_pair, check_sampler
 
 FUSIONS = ("mean", "majority", "staple")
 
@@ -33,6 +34,7 @@ class SegDiff(DiffusionMethod):
     task = "seg"
     input_key = "image"
     target_key = "label"
+    outputs = ("prediction", "uncertainty", "probability")
 
     def __init__(
         self,
@@ -54,10 +56,9 @@ class SegDiff(DiffusionMethod):
         sampling_steps: int | None = None,
     ) -> None:
         super().__init__()
-        self._init_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
-                           if k not in ("self", "__class__")}
+        check_sampler(sampler)
         if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
+            raise ArgumentError("fusion", f"unknown fusion {fusion!r}", f"choose one of {', '.join(FUSIONS)}")
         self.in_channels = in_channels
         self.out_channels = 1
         self.spatial_dims = spatial_dims
@@ -71,6 +72,14 @@ class SegDiff(DiffusionMethod):
         self.n_samples, self.fusion = n_samples, fusion
         self.sampler, self.sampling_steps = sampler, sampling_steps
 
+    @property
+    def denoiser(self) -> ConditionedUNet:
+        return self.unet
+
+    @property
+    def size_multiple(self) -> int:
+        return self.unet.size_multiple
+
     # -- training ---------------------------------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         image = batch[self.input_key]
@@ -78,18 +87,14 @@ class SegDiff(DiffusionMethod):
         self.check_input(image, "image")
         label = batch.get(self.target_key)
         if label is not None:
-            if label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]:
-                raise ValueError(
-                    f"image {tuple(image.shape)} and label {tuple(label.shape)} differ in batch or spatial shape"
-                )
-            if label.shape[1] != 1:
-                raise ValueError(f"SegDiff segments one foreground channel; the label has {label.shape[1]}")
+            check_mask_pair(image, label, "SegDiff")
         return image, label
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         image, label = self._inputs(batch)
         if label is None:
-            raise ValueError(f"SegDiff training needs batch[{self.target_key!r}] (the mask)")
+            raise DataError("batch", f"SegDiff training needs batch[{self.target_key!r}] (the mask)",
+                            "use a data module that provides it")
         x0 = label.float() * 2 - 1
         features = self.encoder(image)
         return self.objective(lambda x, t: self.unet(x, t, features=features), x0, generator=generator)
@@ -107,7 +112,7 @@ class SegDiff(DiffusionMethod):
         progress: bool = False,
     ) -> dict[str, Tensor]:
         image, _ = self._inputs(batch)
-        n = n_samples or self.n_samples
+        n = n_samples if n_samples is not None else self.n_samples
         samples = sample_with_features(
             self, self.encoder(image), (image.shape[0], 1, *image.shape[2:]), n_samples=n, sampler=sampler,
             steps=steps, generator=generator, progress=progress,

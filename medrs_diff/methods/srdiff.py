@@ -11,6 +11,7 @@ optimizer steps train the RRDB, later ones the diffusion model with the RRDB fro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,11 +22,12 @@ from torch import Tensor
 from ..diffusion.ensemble import fuse_mean, variance_map
 from ..diffusion.process import DiffusionLoss, Residual, check_spatial
 from ..diffusion.schedules import make_schedule
+from ..errors import ArgumentError, DataError
 from ..nets.conv import conv_transpose
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_with_features
-from .base import DiffusionMethod
+from .base import DiffusionMethod, check_sampler, check_sr_pair
 
 
 class SRDiff(DiffusionMethod):
@@ -33,6 +35,8 @@ class SRDiff(DiffusionMethod):
     task = "image"
     input_key = "cond"
     target_key = "image"
+    outputs = ("prediction", "uncertainty")
+    data_space = ("prediction",)
 
     def __init__(
         self,
@@ -56,17 +60,17 @@ class SRDiff(DiffusionMethod):
         sampling_steps: int | None = None,
     ) -> None:
         super().__init__()
-        self._init_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
-                           if k not in ("self", "__class__")}
+        check_sampler(sampler)
         if scale < 1:
-            raise ValueError("scale must be >= 1")
+            raise ArgumentError("scale", f"must be >= 1, got {scale}", "use the super-resolution factor, e.g. 4")
         self.in_channels = self.out_channels = in_channels
         self.spatial_dims, self.scale = spatial_dims, scale
         self.encoder = RRDBEncoder(spatial_dims, in_channels, in_channels, rrdb_features, rrdb_growth, rrdb_blocks)
         self.sr_head = RRDBUpsampler(self.encoder, spatial_dims, in_channels, scale)
         n_taps = len(range(2, rrdb_blocks + 1, 3))
         if n_taps == 0:
-            raise ValueError("rrdb_blocks must be >= 2 (SRDiff taps every third block feature)")
+            raise ArgumentError("rrdb_blocks", f"must be >= 2 for SRDiff, got {rrdb_blocks}",
+                                "use 2 or more blocks (SRDiff taps every third block feature)")
         self.cond_proj = conv_transpose(spatial_dims, rrdb_features * n_taps, channels[0], scale)
         self.unet = ConditionedUNet(
             spatial_dims, in_channels, in_channels, channels, attention_levels, num_res_blocks, num_head_channels,
@@ -78,6 +82,20 @@ class SRDiff(DiffusionMethod):
         self.pretrain_steps = pretrain_steps
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.n_samples, self.sampler, self.sampling_steps = n_samples, sampler, sampling_steps
+
+    @property
+    def denoiser(self) -> ConditionedUNet:
+        return self.unet
+
+    @property
+    def grid_factor(self) -> int:
+        return int(self.scale)
+
+    @property
+    def size_multiple(self) -> int:
+        """LR sizes whose HR size (x scale) the UNet can take."""
+        m = self.unet.size_multiple
+        return m // math.gcd(m, int(self.scale))
 
     # -- helpers ----------------------------------------------------------------------------------
     def upsample(self, lr: Tensor) -> Tensor:
@@ -96,12 +114,7 @@ class SRDiff(DiffusionMethod):
         self.check_input(lr, "LR image")
         hr = batch.get(self.target_key)
         if hr is not None:
-            want = tuple(s * self.scale for s in lr.shape[2:])
-            if tuple(hr.shape[2:]) != want or hr.shape[1] != lr.shape[1]:
-                raise ValueError(
-                    f"HR {tuple(hr.shape)} does not match LR {tuple(lr.shape)} at scale {self.scale}: "
-                    f"expected spatial size {want} with {lr.shape[1]} channel(s)"
-                )
+            check_sr_pair(lr, hr, self.scale)
         return lr, hr
 
     @property
@@ -112,7 +125,8 @@ class SRDiff(DiffusionMethod):
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         lr, hr = self._inputs(batch)
         if hr is None:
-            raise ValueError(f"SRDiff training needs batch[{self.target_key!r}] (the HR image)")
+            raise DataError("batch", f"SRDiff training needs batch[{self.target_key!r}] (the HR image)",
+                            "use a data module that provides it")
         pretraining = self.pretraining
         if self.training:
             self.steps_done += 1
@@ -138,7 +152,7 @@ class SRDiff(DiffusionMethod):
         progress: bool = False,
     ) -> dict[str, Tensor]:
         lr, _ = self._inputs(batch)
-        n = n_samples or self.n_samples
+        n = n_samples if n_samples is not None else self.n_samples
         base = self.upsample(lr)
         res = sample_with_features(  # clipped: SRDiff clips the predicted residual to [-1, 1]
             self, self.condition(lr), tuple(base.shape), n_samples=n, sampler=sampler, steps=steps,

@@ -4,9 +4,20 @@ Every metric has a functional form (batched torch tensors or numpy arrays in, on
 or per set out) and a streaming class with ``update(...)``, ``compute() -> dict`` and ``reset()``
 that keeps only sufficient statistics, so a whole test set streams through in bounded memory.
 This package is a leaf: it imports torch / numpy / scipy / MONAI and nothing else of medrs_diff.
+The input checks and the NaN-skipping running mean that the metrics share (``MeanTracker``,
+``check_thresholds``, ``check_positive_ints``, ``check_spacing``, ``as_float``, ``as_binary``) are
+public too, for callers such as :mod:`medrs_diff.evaluation` that stream per-case values.
 """
 
-from ._common import StreamingMetric
+from ._common import (
+    MeanTracker,
+    StreamingMetric,
+    as_binary,
+    as_float,
+    check_positive_ints,
+    check_spacing,
+    check_thresholds,
+)
 from .brats import BRATS_REGIONS, BratsMetric, brats_regions, brats_scores
 from .calibration import CalibrationMetric, expected_calibration_error
 from .classification import ClassificationMetric, classification_scores, confusion_matrix
@@ -22,7 +33,8 @@ from .stochastic import StochasticSegMetric, generalized_energy_distance, hungar
 from .surface import SurfaceDistanceMetric, average_surface_distance, hd95, surface_dice, surface_distances
 
 __all__ = [
-    "StreamingMetric",
+    "MeanTracker", "StreamingMetric", "as_binary", "as_float", "check_positive_ints", "check_spacing",
+    "check_thresholds",
     "BRATS_REGIONS", "BratsMetric", "brats_regions", "brats_scores",
     "CalibrationMetric", "expected_calibration_error",
     "ClassificationMetric", "classification_scores", "confusion_matrix",

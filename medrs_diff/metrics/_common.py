@@ -26,6 +26,8 @@ def as_float(x: Any, name: str) -> torch.Tensor:
                              f"{type(x).__name__} of dtype {arr.dtype}")
         if not arr.dtype.isnative:  # e.g. big-endian NIfTI data
             arr = arr.astype(arr.dtype.newbyteorder("="))
+        if not arr.flags.writeable:  # read-only (memory-mapped, Pillow) arrays: torch needs its own copy
+            arr = arr.copy()
         x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.is_complex():
         raise ValueError(f"{name} is complex; pass real-valued data")
@@ -41,7 +43,7 @@ def as_binary(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor) and x.dtype == torch.bool:
         return x
     if isinstance(x, np.ndarray) and x.dtype == np.bool_:
-        return torch.from_numpy(x)
+        return torch.from_numpy(x if x.flags.writeable else x.copy())
     t = as_float(x, name)
     bad = (t != 0) & (t != 1)
     if bool(bad.any()):
@@ -136,6 +138,7 @@ class MeanTracker:
         self.undefined = 0
 
     def add(self, values: torch.Tensor) -> None:
+        """Add per-item values; NaN entries are counted as undefined, not averaged."""
         v = values.detach().to(torch.float64).flatten().cpu()
         finite_or_inf = ~torch.isnan(v)
         self.total += float(v[finite_or_inf].sum())
@@ -144,6 +147,7 @@ class MeanTracker:
 
     @property
     def mean(self) -> float:
+        """Mean of the defined values (NaN when there are none)."""
         return self.total / self.count if self.count else float("nan")
 
 

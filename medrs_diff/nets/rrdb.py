@@ -100,3 +100,41 @@ class RRDBUpsampler(nn.Module):
         base = F.interpolate(lr, scale_factor=self.scale, mode="bicubic" if self.spatial_dims == 2 else "trilinear",
                              align_corners=False)
         return base + self.up(h)
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN's regression SR network in residual form: conv -> RRDB trunk -> conv, long skip, nearest
+    upsampling by ``scale`` with convs, added to the bicubic (2-D) / trilinear (3-D) upsampled input.
+
+    Every parameter takes part in the output (no unused branch, so DDP needs no unused-parameter search).
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, scale: int, features: int = 64,
+        growth: int = 32, num_blocks: int = 8,
+    ) -> None:
+        super().__init__()
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        if in_channels != out_channels:
+            raise ValueError("RRDBNet adds the upsampled input: in_channels must equal out_channels")
+        self.spatial_dims, self.scale = spatial_dims, scale
+        self.conv_first = conv(spatial_dims, in_channels, features)
+        self.blocks = nn.Sequential(*(RRDB(spatial_dims, features, growth) for _ in range(num_blocks)))
+        self.conv_trunk = conv(spatial_dims, features, features)
+        self.conv_up = conv(spatial_dims, features, features)
+        self.conv_hr = conv(spatial_dims, features, features)
+        self.conv_last = conv(spatial_dims, features, out_channels)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, lr: Tensor) -> Tensor:
+        fea = self.conv_first(lr)
+        h = fea + self.conv_trunk(self.blocks(fea))
+        if self.scale > 1:
+            h = F.interpolate(h, scale_factor=self.scale, mode="nearest")
+        h = self.act(self.conv_up(h))
+        out = self.conv_last(self.act(self.conv_hr(h)))
+        if self.scale == 1:
+            return lr + out
+        mode = "bicubic" if self.spatial_dims == 2 else "trilinear"
+        return F.interpolate(lr, scale_factor=self.scale, mode=mode, align_corners=False) + out

@@ -58,6 +58,8 @@ class ConditionedUNet(nn.Module):
         cond_at: Literal["conv_in", "first_block"] = "conv_in",
     ) -> None:
         super().__init__()
+        #: spatial sizes must be multiples of this (one stride-2 downsampling between levels)
+        self.size_multiple = 2 ** (len(channels) - 1)
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels + cond_channels,

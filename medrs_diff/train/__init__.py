@@ -1,5 +1,11 @@
-"""Lightning training layer: ``DiffusionTask`` for any method, the EMA callback, resumable data
-modules and full-state, atomically written checkpoints."""
+"""Lightning training layer: ``DiffusionTask`` for any method, the EMA callback and full-state,
+atomically written checkpoints whose class paths resolve through the method registry.
+
+Data modules live in :mod:`medrs_diff.datamodules` (``DictDataModule`` and friends are still
+reachable here, loaded on first use, for code written before the move).
+"""
+
+from typing import Any
 
 from .checkpoint import (
     AtomicCheckpointIO,
@@ -7,38 +13,53 @@ from .checkpoint import (
     RecipeConfigCallback,
     atomic_torch_save,
     build_method,
+    canonical_method_config,
     capture_rng_state,
+    checkpoint_data_config,
+    ema_state_dict,
     load_method_from_checkpoint,
     method_config,
     read_checkpoint,
+    resolve_method_class,
     restore_rng_state,
 )
-from .datamodule import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker
-from .ema import EMA, ema_state_dict
+from .ema import EMA
 from .optim import WarmupCosine, param_groups, warmup_cosine
 from .panels import save_panel
 from .task import DiffusionTask
 
+#: Names that moved to :mod:`medrs_diff.datamodules.base`; resolved lazily so ``train`` does not import
+#: the data-module floor (see :func:`__getattr__`).
+_MOVED_TO_DATAMODULES = ("DictDataModule", "ResumableDataLoader", "ResumableSampler", "seed_worker")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_DATAMODULES:
+        from ..datamodules import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "EMA",
     "AtomicCheckpointIO",
     "CheckpointError",
-    "DictDataModule",
     "DiffusionTask",
-    "EMA",
     "RecipeConfigCallback",
-    "ResumableDataLoader",
-    "ResumableSampler",
     "WarmupCosine",
     "atomic_torch_save",
     "build_method",
+    "canonical_method_config",
     "capture_rng_state",
+    "checkpoint_data_config",
     "ema_state_dict",
     "load_method_from_checkpoint",
     "method_config",
     "param_groups",
     "read_checkpoint",
+    "resolve_method_class",
     "restore_rng_state",
     "save_panel",
-    "seed_worker",
     "warmup_cosine",
 ]

@@ -16,16 +16,25 @@ copy into the final path, which a crash can leave half-written, and nothing is f
 :class:`AtomicCheckpointIO` writes beside the target, fsyncs and ``os.replace``-s, so the previous
 checkpoint stays intact until the new one is complete. The task installs it on the trainer's
 strategy at setup when the strategy uses the plain ``TorchCheckpointIO``.
+
+Class paths: a checkpoint (and a recipe) names its method by class path. Before anything is
+imported, that path is resolved against :data:`medrs_diff.methods.METHODS` (full path, shortest
+import path such as ``medrs_diff.methods.SegDiff``, class name, registered name) or the
+:data:`LEGACY_METHOD_PATHS` table of older spellings; a method class already imported by the
+process (a user's own subclass) is accepted by its path too. Anything else is refused with the
+list of valid methods, so a checkpoint can never make us import an arbitrary module. Older data
+module paths (``medrs_diff.train.task_data.*``) map to their new homes through
+:data:`LEGACY_CLASS_PATHS`; :func:`read_checkpoint` rewrites stored spellings to the current ones
+in memory, so old checkpoints still load.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
-import secrets
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,48 +44,75 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..methods.base import DiffusionMethod
-from .ema import EMA_FORMAT, ema_state_dict
+from ..errors import CheckpointError, MedrsError
+from ..io.atomic import atomic_save
+from ..methods import METHODS
+from ..methods.base import Method
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EMA_FORMAT",
+    "LEGACY_CLASS_PATHS",
+    "LEGACY_METHOD_PATHS",
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "RecipeConfigCallback",
+    "atomic_torch_save",
+    "build_method",
+    "canonical_class_path",
+    "canonical_method_config",
+    "capture_rng_state",
+    "checkpoint_data_config",
+    "checkpoint_method_config",
+    "class_path_of",
+    "ema_state_dict",
+    "load_method_from_checkpoint",
+    "method_config",
+    "read_checkpoint",
+    "resolve_method_class",
+    "restore_rng_state",
+    "upgrade_checkpoint",
+    "valid_methods",
+]
 
 #: Version of the ``checkpoint["medrs_diff"]`` record.
 CHECKPOINT_FORMAT = 1
+#: Marker stored with the EMA callback's state (:class:`~medrs_diff.train.ema.EMA` writes the same one).
+EMA_FORMAT = "medrs_diff.ema/1"
 MAX_LISTED_KEYS = 8
 
+#: Method class paths that earlier releases wrote into recipes and checkpoints -> registered method name
+#: (a key of :data:`medrs_diff.methods.METHODS`), so they resolve wherever the class lives now.
+LEGACY_METHOD_PATHS: dict[str, str] = {
+    "medrs_diff.methods.segdiff.SegDiff": "segdiff",
+    "medrs_diff.methods.SegDiff": "segdiff",
+    "medrs_diff.methods.srdiff.SRDiff": "srdiff",
+    "medrs_diff.methods.SRDiff": "srdiff",
+}
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: names the file, what is wrong and how to fix it."""
-
-    def __init__(self, path: str | os.PathLike, problem: str, fix: str) -> None:
-        self.path, self.problem, self.fix = str(path), problem, fix
-        super().__init__(f"{path}: {problem}; {fix}")
+#: Other class paths that moved (data modules) -> their current full class path.
+LEGACY_CLASS_PATHS: dict[str, str] = {
+    f"medrs_diff.train.task_data.{name}": f"medrs_diff.datamodules.{module}.{name}"
+    for module, name in (("nifti", "NiftiSegmentationDataModule"), ("geotiff", "GeoTiffSRDataModule"))
+} | {
+    "medrs_diff.train.datamodule.DictDataModule": "medrs_diff.datamodules.base.DictDataModule",
+    "medrs_diff.train.DictDataModule": "medrs_diff.datamodules.base.DictDataModule",
+}
 
 
 # -- atomic writes -----------------------------------------------------------------------------------
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace`` onto ``path``.
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename onto ``path`` (``io.atomic``).
 
     An exception or kill at any point leaves ``path`` as it was (the old checkpoint or nothing) and
     removes the temporary file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{secrets.token_hex(4)}-{path.name}"
-    try:
+
+    def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; best effort elsewhere)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+    atomic_save(path, save)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -126,32 +162,159 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted:
         ) from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(p, f"holds a {type(ckpt).__name__}, not a checkpoint dict", "pass a Lightning .ckpt file")
-    return ckpt
+    return upgrade_checkpoint(ckpt)
 
 
-# -- methods <-> configs ---------------------------------------------------------------------------
+# -- class paths -----------------------------------------------------------------------------------
 def class_path_of(obj: Any) -> str:
+    """``module.QualName`` of a class or of an object's class."""
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def method_config(method: DiffusionMethod) -> dict[str, Any]:
+def _import_paths(cls: type) -> set[str]:
+    """The class's full path plus every shorter path an already-imported parent package exports it under."""
+    paths = {class_path_of(cls)}
+    parts = cls.__module__.split(".")
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        if getattr(sys.modules.get(parent), cls.__name__, None) is cls:  # no import: only loaded modules
+            paths.add(f"{parent}.{cls.__name__}")
+    return paths
+
+
+def _imported_methods() -> Iterator[type[Method]]:
+    """Every Method subclass (diffusion or not) this process has already imported (registered or not)."""
+    seen: set[type] = set()
+    todo = list(Method.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.add(cls)
+            if cls.__module__ != Method.__module__:  # the bases themselves are not methods
+                yield cls
+            todo.extend(cls.__subclasses__())
+
+
+def valid_methods() -> str:
+    """The registered methods, for error messages: ``segdiff (SegDiff, medrs_diff.methods.segdiff.SegDiff), ...``."""
+    return ", ".join(f"{name} ({cls.__name__}, {class_path_of(cls)})" for name, cls in METHODS.items())
+
+
+def resolve_method_class(
+    class_path: str, where: str | os.PathLike | None = "method config", error: type[MedrsError] = CheckpointError,
+) -> type[Method]:
+    """The method class a class path names, found WITHOUT importing anything.
+
+    Accepted, in order: a full or shortest import path of a class in :data:`~medrs_diff.methods.METHODS`,
+    its registered name (``"segdiff"``), its class name (``"SegDiff"``), an old spelling listed in
+    :data:`LEGACY_METHOD_PATHS`, or the path / class name of a Method subclass the process has
+    already imported (a user's own method). Anything else raises ``error`` (:class:`CheckpointError` by
+    default, :class:`~medrs_diff.errors.RecipeError` for recipes) listing the valid methods.
+    """
+    if not isinstance(class_path, str) or not class_path.strip():
+        raise error(where, f"the method class path must be a non-empty string, got {class_path!r}",
+                    f"name one of the methods: {valid_methods()}")
+    cp = class_path.strip()
+    cp = LEGACY_METHOD_PATHS.get(cp, cp)
+    registered = list(METHODS.items())
+    for _, cls in registered:
+        if cp in _import_paths(cls):
+            return cls
+    if cp in METHODS:
+        return METHODS[cp]
+    by_name = {cls for _, cls in registered if cls.__name__ == cp}
+    if len(by_name) == 1:
+        return by_name.pop()
+    imported = list(_imported_methods())
+    for cls in imported:
+        if cp in _import_paths(cls):
+            return cls
+    by_name |= {cls for cls in imported if cls.__name__ == cp}
+    if len(by_name) == 1:
+        return by_name.pop()
+    if len(by_name) > 1:
+        paths = ", ".join(sorted(map(class_path_of, by_name)))
+        raise error(where, f"the method class name {cp!r} is ambiguous ({paths})", "give the full class path")
+    raise error(where, f"unknown method {class_path!r}; valid methods: {valid_methods()}",
+                "use one of the valid methods (a class path, class name or registered name), or register your own "
+                "class in medrs_diff.methods.METHODS before loading")
+
+
+def canonical_method_config(config: Mapping[str, Any], where: str | os.PathLike | None = "method config",
+                            error: type[MedrsError] = CheckpointError) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` with the class path rewritten to the resolved class's full path
+    (``medrs_diff.methods.segdiff.SegDiff`` for ``SegDiff``, ``segdiff``, legacy spellings)."""
+    if not isinstance(config, Mapping) or "class_path" not in config:
+        raise error(where, f"a method config needs a 'class_path', got {config!r}",
+                    "give {class_path: SegDiff, init_args: {...}} (see `medrs-diff list` for the methods)")
+    cls = resolve_method_class(config["class_path"], where, error)
+    return {"class_path": class_path_of(cls), "init_args": dict(config.get("init_args") or {})}
+
+
+def canonical_class_path(class_path: str) -> str:
+    """The current spelling of a non-method class path (data modules that moved); others unchanged."""
+    return LEGACY_CLASS_PATHS.get(class_path, class_path)
+
+
+def method_config(method: Method) -> dict[str, Any]:
     """``{"class_path", "init_args"}`` of a method, from the constructor arguments it records."""
     return {"class_path": class_path_of(method), "init_args": dict(method.hparams())}
 
 
-def build_method(config: Mapping[str, Any]) -> DiffusionMethod:
-    """Instantiate a method from ``{"class_path", "init_args"}`` (nested class configs allowed) via jsonargparse."""
+def build_method(config: Mapping[str, Any], where: str | os.PathLike | None = "method config") -> Method:
+    """Instantiate a method from ``{"class_path", "init_args"}`` (nested class configs allowed) via jsonargparse.
+
+    The class is resolved first (:func:`resolve_method_class`, import-free); unknown classes raise
+    :class:`CheckpointError`.
+    """
     from jsonargparse import ArgumentParser
 
-    config = dict(config)
-    if "class_path" not in config:
-        raise ValueError(f"a method config needs a 'class_path' (e.g. medrs_diff.methods.segdiff.SegDiff): {config}")
+    cfg = canonical_method_config(config, where)
+    cls = resolve_method_class(cfg["class_path"], where)
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(DiffusionMethod, "method", fail_untyped=False, required=True)
-    init_args = config.get("init_args") or {}
-    cfg = parser.parse_object({"method": {"class_path": config["class_path"], "init_args": init_args}})
-    return parser.instantiate_classes(cfg).method
+    parser.add_class_arguments(cls, "method", fail_untyped=False)
+    parsed = parser.parse_object({"method": cfg["init_args"]})
+    return parser.instantiate_classes(parsed).method
+
+
+def _upgrade_method_entry(entry: Any) -> None:
+    if isinstance(entry, dict) and isinstance(entry.get("class_path"), str):
+        try:
+            entry["class_path"] = class_path_of(resolve_method_class(entry["class_path"]))
+        except MedrsError:  # unknown: left as stored; loading it refuses it with the list of valid methods
+            pass
+
+
+def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite, in place, the class paths a checkpoint stores to their current spellings; returns ``ckpt``.
+
+    Touches the method (``hyper_parameters.method`` and ``medrs_diff.method``), the task's and the data
+    module's ``_class_path`` (LightningCLI's records). Unknown class paths are left as they are.
+    """
+    hp = ckpt.get("hyper_parameters")
+    if isinstance(hp, dict):
+        _upgrade_method_entry(hp.get("method"))
+        if isinstance(hp.get("_class_path"), str):
+            hp["_class_path"] = canonical_class_path(hp["_class_path"])
+    record = ckpt.get("medrs_diff")
+    if isinstance(record, dict):
+        _upgrade_method_entry(record.get("method"))
+    dm = ckpt.get("datamodule_hyper_parameters")
+    if isinstance(dm, dict) and isinstance(dm.get("_class_path"), str):
+        dm["_class_path"] = canonical_class_path(dm["_class_path"])
+    return ckpt
+
+
+def checkpoint_data_config(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The data module a checkpoint was trained with, ``{"class_path", "init_args"}`` in current spelling
+    (``class_path`` is None when the run did not go through LightningCLI); None when none was saved."""
+    dm = ckpt.get("datamodule_hyper_parameters")
+    if not isinstance(dm, Mapping):
+        return None
+    cp = dm.get("_class_path")
+    init_args = {k: v for k, v in dm.items() if k not in ("_class_path", "_instantiator")}
+    return {"class_path": canonical_class_path(cp) if isinstance(cp, str) else None, "init_args": init_args}
 
 
 def checkpoint_method_config(ckpt: Mapping[str, Any], where: str | os.PathLike = "checkpoint") -> dict[str, Any]:
@@ -201,20 +364,22 @@ def check_state_fits(method: Any, state: Mapping[str, torch.Tensor], where: str 
     )
 
 
-def _matches(expected: type | str, class_path: str, name: str | None) -> bool:
+def _matches(expected: type | str, cls: type, class_path: str, name: str | None) -> bool:
     if isinstance(expected, type):
-        return class_path == class_path_of(expected)
-    return expected in (class_path, class_path.rsplit(".", 1)[-1], name)
+        return cls is expected
+    registered = {k for k, v in METHODS.items() if v is cls}
+    return expected in {class_path, class_path.rsplit(".", 1)[-1], name, cls.__name__, getattr(cls, "name", None),
+                        *_import_paths(cls), *registered}
 
 
 def load_method_from_checkpoint(
     path: str | os.PathLike,
     *,
-    expected: type[DiffusionMethod] | str | None = None,
+    expected: type[Method] | str | None = None,
     ema: bool | None = None,
     map_location: Any = "cpu",
     trusted: bool = False,
-) -> DiffusionMethod:
+) -> Method:
     """Rebuild the method stored in a training checkpoint, without the recipe, in eval mode.
 
     ``expected``: a method class, class path, class name or ``name`` (``"segdiff"``) the checkpoint
@@ -226,18 +391,21 @@ def load_method_from_checkpoint(
     cfg = checkpoint_method_config(ckpt, path)
     record = ckpt.get("medrs_diff") or {}
     found_name = record.get("method_name") if isinstance(record, Mapping) else None
-    if expected is not None and not _matches(expected, cfg["class_path"], found_name):
+    cls = resolve_method_class(cfg["class_path"], path)  # refuses unknown classes before importing anything
+    if expected is not None and not _matches(expected, cls, cfg["class_path"], found_name):
         want = class_path_of(expected) if isinstance(expected, type) else expected
         raise CheckpointError(
             path, f"holds a {found_name or '?'} model ({cfg['class_path']}), but {want} was expected",
             f"pass a {want} checkpoint, or choose the recipe / method that matches {cfg['class_path']}",
         )
     try:
-        method = build_method(cfg)
-    except Exception as err:  # import errors, changed signatures
+        method = build_method(cfg, path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # changed signatures
         raise CheckpointError(
             path, f"cannot rebuild the method {cfg['class_path']} from its stored arguments ({err})",
-            "make sure the class is importable and accepts the stored init_args (same medrs_diff version)",
+            "use the medrs_diff version the checkpoint was trained with, or a method that accepts its init_args",
         ) from err
     has_ema = any(
         isinstance(s, Mapping) and s.get("format") == EMA_FORMAT and s.get("shadow")
@@ -249,7 +417,7 @@ def load_method_from_checkpoint(
             "load the raw weights with ema=False (or ema=None), or train with the EMA callback",
         )
     if has_ema and ema is not False:
-        state, source = ema_state_dict(ckpt), "EMA weights"
+        state, source = ema_state_dict(ckpt, path), "EMA weights"
     else:
         raw = ckpt.get("state_dict")
         if not isinstance(raw, Mapping):
@@ -259,6 +427,28 @@ def load_method_from_checkpoint(
     check_state_fits(method, state, path, source)
     method.load_state_dict(state, strict=True)
     return method.eval()
+
+
+def ema_state_dict(
+    checkpoint: Mapping[str, Any] | str | os.PathLike, where: str | os.PathLike | None = None,
+) -> dict[str, torch.Tensor]:
+    """The EMA weights stored in a Lightning checkpoint (dict or file), as a state dict of the method.
+
+    Raises :class:`CheckpointError` naming the file when the run had no EMA callback (load the raw
+    weights instead with ``load_method_from_checkpoint(path, ema=False)``).
+    """
+    is_dict = isinstance(checkpoint, Mapping)
+    if where is None:
+        where = "checkpoint" if is_dict else str(checkpoint)
+    ckpt = checkpoint if is_dict else read_checkpoint(checkpoint)
+    for state in (ckpt.get("callbacks") or {}).values():
+        if isinstance(state, Mapping) and state.get("format") == EMA_FORMAT and state.get("shadow"):
+            return {k: v.detach().cpu() for k, v in state["shadow"].items()}
+    raise CheckpointError(
+        where,
+        "holds no EMA weights (the run had no medrs_diff.train.EMA callback, or it had not started)",
+        "load the raw weights with load_method_from_checkpoint(path, ema=False), or train with the EMA callback",
+    )
 
 
 # -- RNG states --------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ dominated by the random initialisation.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import lightning as L
@@ -21,8 +20,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-#: Marker stored with the EMA state so :func:`ema_state_dict` recognises it among callback states.
-EMA_FORMAT = "medrs_diff.ema/1"
+# EMA_FORMAT marks the EMA state among callback states; ema_state_dict reads it back (both live in
+# .checkpoint, which does not import this module, and are re-exported here for older imports).
+from .checkpoint import EMA_FORMAT, ema_state_dict
+
+__all__ = ["EMA", "EMA_FORMAT", "ema_state_dict"]
 
 
 class EMA(L.Callback):
@@ -230,22 +232,3 @@ def _shadow_dtype(v: Tensor) -> torch.dtype:
     """Average low-precision floating tensors in float32; keep other dtypes."""
     return torch.float32 if v.is_floating_point() and v.dtype in (torch.float16, torch.bfloat16) else v.dtype
 
-
-def ema_state_dict(checkpoint: dict[str, Any] | str | os.PathLike) -> dict[str, Tensor]:
-    """The EMA weights stored in a Lightning checkpoint (dict or file), as a state dict of the method.
-
-    Raises :class:`~medrs_diff.train.checkpoint.CheckpointError` naming the file when the run had no
-    EMA callback (load the raw weights instead with ``load_method_from_checkpoint(path, ema=False)``).
-    """
-    from .checkpoint import CheckpointError, read_checkpoint
-
-    where = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
-    for state in (ckpt.get("callbacks") or {}).values():
-        if isinstance(state, dict) and state.get("format") == EMA_FORMAT and state.get("shadow"):
-            return {k: v.detach().cpu() for k, v in state["shadow"].items()}
-    raise CheckpointError(
-        where,
-        "holds no EMA weights (the run had no medrs_diff.train.EMA callback, or it had not started)",
-        "load the raw weights with load_method_from_checkpoint(path, ema=False), or train with the EMA callback",
-    )

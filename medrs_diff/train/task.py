@@ -1,9 +1,11 @@
-"""``DiffusionTask``: the one LightningModule that trains, validates and runs any :class:`DiffusionMethod`.
+"""``DiffusionTask``: the one LightningModule that trains, validates and runs any :class:`~medrs_diff.methods.Method`.
 
 Training calls ``method.loss(batch, generator)`` with a per-rank training-noise generator whose state
 is checkpointed; AdamW with linear warm-up and cosine decay steps per optimizer step. Validation
-samples with a fast sampler, logs the method's metrics (its ``validation_metrics(batch, out)`` hook,
-else Dice for label targets and PSNR for image targets) and writes a PNG panel from the first batch.
+calls ``method.predict`` (diffusion methods sample with a fast sampler), logs the method's
+``validation_metrics(batch, out)`` and writes a PNG panel from the first batch. Each metric is
+accumulated in a torchmetrics ``MeanMetric`` weighted by batch size, which reduces across DDP ranks,
+so the logged epoch value is the mean over every validation sample, as a single process would get.
 Validation is RNG-neutral (global RNG states are put back afterwards) and checkpoints carry all RNG
 states, so a run resumed from a checkpoint continues exactly where the original would have gone.
 Precision (bf16-mixed on GPU, fp32 on CPU) and gradient clipping are the trainer's settings; sampling
@@ -21,15 +23,18 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
 
-from ..data.keys import LABEL, MASK
-from ..methods.base import DiffusionMethod, check_sampler
+from ..errors import ArgumentError, MedrsError
+from ..methods.base import PSNR_CAP_DB, Method, check_sampler
 from ..nets.fastpath import FastPath, apply_fast_path
+from ..viz.panels import save_panel
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     build_method,
+    canonical_method_config,
     capture_rng_state,
     check_state_fits,
     class_path_of,
@@ -38,11 +43,11 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .optim import param_groups, warmup_cosine
-from .panels import save_panel
 
-#: PSNR of identical images is infinite; logged values are capped here so epoch means stay finite.
-PSNR_CAP_DB = 100.0
+__all__ = ["PSNR_CAP_DB", "DiffusionTask"]
+
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+_METRICS_ATTR = "epoch_metrics"
 
 
 def _given_method_config() -> dict[str, Any] | None:
@@ -56,6 +61,20 @@ def _given_method_config() -> dict[str, Any] | None:
     if isinstance(m, Mapping) and "class_path" in m:
         return {"class_path": m["class_path"], "init_args": dict(m.get("init_args") or {})}
     return None
+
+
+def _method_record(method: Method, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` stored in the hyper-parameters: the method class's full path (resolved
+    through the method registry, so short names such as ``SegDiff`` never reach a checkpoint) and the
+    arguments as the recipe gave them (else the ones the method recorded)."""
+    if given is not None:
+        try:
+            cfg = canonical_method_config(given)
+        except MedrsError:  # a class the registry does not know: the instance names its own class
+            cfg = None
+        if cfg is not None and cfg["class_path"] == class_path_of(method):
+            return cfg
+    return method_config(method)
 
 
 class DiffusionTask(L.LightningModule):
@@ -74,7 +93,7 @@ class DiffusionTask(L.LightningModule):
 
     def __init__(
         self,
-        method: DiffusionMethod,
+        method: Method,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -96,32 +115,28 @@ class DiffusionTask(L.LightningModule):
         super().__init__()
         if isinstance(method, Mapping):  # load_from_checkpoint / plain dict configs
             method = build_method(method)
-        if not isinstance(method, DiffusionMethod):
+        if not isinstance(method, Method):
             raise TypeError(
-                f"method must be a medrs_diff DiffusionMethod (e.g. medrs_diff.methods.segdiff.SegDiff), "
-                f"got {type(method).__name__}"
+                f"method must be a medrs_diff Method (e.g. medrs_diff.methods.SegDiff), got {type(method).__name__}"
             )
         check_sampler(val_sampler)
         if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+            raise ArgumentError("lr", f"must be > 0, got {lr}", "set model.init_args.lr to a positive learning rate")
         if val_steps < 1 or val_samples < 1:
-            raise ValueError(f"val_steps and val_samples must be >= 1, got {val_steps} and {val_samples}")
+            raise ArgumentError("val_steps / val_samples", f"must be >= 1, got {val_steps} and {val_samples}",
+                                "set model.init_args.val_steps and val_samples to 1 or more")
         self.method = method
         if fast_path is not None:
             # channels_last / activation checkpointing / torch.compile on the denoiser; bf16 is the
             # trainer's `precision: bf16-mixed`. State-dict keys are unchanged either way.
-            apply_fast_path(getattr(method, "unet", method), fast_path)
+            apply_fast_path(method.fast_path_target(), fast_path)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_steps_for_schedule, self.min_lr_ratio = max_steps_for_schedule, min_lr_ratio
         self.val_sampler, self.val_steps, self.val_samples = val_sampler, val_steps, val_samples
         self.val_metric, self.panels_dir, self.panel_rows, self.seed = val_metric, panels_dir, panel_rows, seed
-        cfg = _given_method_config() or method_config(method)
-        if not cfg["init_args"] and _has_required_args(type(method)):
-            rank_zero_warn(
-                f"{type(method).__name__} does not record its constructor arguments (self._init_args); "
-                "checkpoints will not be able to rebuild it"
-            )
-        self.save_hyperparameters({"method": cfg, **args})
+        self.save_hyperparameters({"method": _method_record(method, _given_method_config()), **args})
+        #: per-epoch means of the logged metrics ("val/dice", ...), created on first use; they reduce across ranks
+        self.epoch_metrics = nn.ModuleDict()
         self._train_generator: torch.Generator | None = None
         self._rng_to_restore: list[dict[str, Any]] | None = None
         self._val_rng_stash: dict[str, Any] | None = None
@@ -203,44 +218,37 @@ class DiffusionTask(L.LightningModule):
         return dict(out)
 
     def compute_metrics(self, batch: dict[str, Any], out: Mapping[str, Tensor]) -> dict[str, Any]:
-        """The method's ``validation_metrics(batch, out)``; else Dice (label / mask targets) or PSNR (images,
-        model space [-1, 1], data range 2, capped at 100 dB). Empty when the batch has no target."""
-        hook = getattr(self.method, "validation_metrics", None)
-        if callable(hook):
-            return dict(hook(batch, out))
-        key = self.method.target_key
-        ref = batch.get(key)
-        if not isinstance(ref, Tensor):
-            return {}
-        pred = out["prediction"].float()
-        ref = ref.float()
-        if pred.shape != ref.shape:
-            raise ValueError(
-                f"{type(self.method).__name__}: prediction {tuple(pred.shape)} and batch[{key!r}] {tuple(ref.shape)} "
-                "differ in shape; define validation_metrics(batch, out) on the method to compare them"
-            )
-        from ..metrics import dice, psnr
+        """The method's :meth:`~medrs_diff.methods.Method.validation_metrics` of one batch."""
+        return dict(self.method.validation_metrics(batch, out))
 
-        if key in (LABEL, MASK):
-            flat = (pred.shape[0] * pred.shape[1], *pred.shape[2:])
-            return {"dice": dice(pred.reshape(flat), (ref > 0.5).reshape(flat), threshold=0.5).float().mean()}
-        return {"psnr": psnr(pred, ref, data_range=2.0).clamp(max=PSNR_CAP_DB).float().mean()}
+    def _epoch_metric(self, key: str) -> MeanMetric:
+        """The batch-size-weighted epoch mean logged as ``key``; synced across ranks when computed."""
+        if key not in self.epoch_metrics:
+            # nan_strategy="warn" (NaN batches dropped with a warning): torchmetrics 1.9's "disable" also drops
+            # the weights (every batch then counts once), which the 2-process test catches.
+            self.epoch_metrics[key] = MeanMetric(nan_strategy="warn").to(self.device)
+        return self.epoch_metrics[key]
+
+    def _log_metric(self, key: str, value: Any, weight: int, prog_bar: bool = False) -> None:
+        metric = self._epoch_metric(key)
+        metric.update(torch.as_tensor(value, dtype=torch.float32, device=self.device).detach(), weight)
+        self.log(key, metric, on_step=False, on_epoch=True, prog_bar=prog_bar, add_dataloader_idx=False,
+                 metric_attribute=f"{_METRICS_ATTR}.{key}")
 
     def _evaluate(self, stage: str, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> dict[str, Any]:
         out = self._generate(batch, batch_idx, stream=1 if stage == "val" else 2)
         metrics = self.compute_metrics(batch, out)
         bs = self._batch_size(batch)
+        weight = bs if bs is not None else 1
         for k, v in metrics.items():
-            self.log(f"{stage}/{k}", v, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs,
-                     prog_bar=(k == self.val_metric), add_dataloader_idx=False)
+            self._log_metric(f"{stage}/{k}", v, weight, prog_bar=(k == self.val_metric))
         if self.val_metric is not None:
             if self.val_metric not in metrics:
-                raise ValueError(
-                    f"val_metric={self.val_metric!r} is not among the metrics {type(self.method).__name__} reports "
-                    f"({sorted(metrics)}); set model.init_args.val_metric to one of them or to null"
+                raise ArgumentError(
+                    None, f"val_metric={self.val_metric!r} is not among the metrics {type(self.method).__name__} "
+                    f"reports ({sorted(metrics)})", "set model.init_args.val_metric to one of them or to null",
                 )
-            self.log(f"{stage}/metric", metrics[self.val_metric], on_step=False, on_epoch=True, sync_dist=True,
-                     batch_size=bs, add_dataloader_idx=False)
+            self._log_metric(f"{stage}/metric", metrics[self.val_metric], weight)
         if batch_idx == 0 and dataloader_idx == 0 and not self._panel_done and not self.trainer.sanity_checking:
             self._panel_done = True
             if self.trainer.is_global_zero:
@@ -273,6 +281,17 @@ class DiffusionTask(L.LightningModule):
 
     def on_test_start(self) -> None:
         self._panel_done = False
+
+    def _reset_metrics(self, stage: str) -> None:
+        for key, metric in self.epoch_metrics.items():
+            if key.startswith(f"{stage}/"):
+                metric.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics("test")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._evaluate("val", batch, batch_idx, dataloader_idx)
@@ -314,6 +333,10 @@ class DiffusionTask(L.LightningModule):
         mine = class_path_of(self.method)
         if isinstance(record, Mapping) and isinstance(record.get("method"), Mapping):
             theirs = record["method"].get("class_path")
+            try:  # older spellings (legacy module paths, short names) name the same class
+                theirs = canonical_method_config(record["method"], where)["class_path"]
+            except MedrsError:
+                pass
             if theirs != mine:
                 raise CheckpointError(
                     where, f"holds a {record.get('method_name', '?')} model ({theirs}), but this run trains "
@@ -327,9 +350,3 @@ class DiffusionTask(L.LightningModule):
                          "model weights")
         self._rng_to_restore = checkpoint.get("rng_states")
 
-
-def _has_required_args(cls: type) -> bool:
-    import inspect
-
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    return any(p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)

@@ -4,10 +4,10 @@ import lightning as L
 import pytest
 import torch
 
+from medrs_diff.datamodules import NiftiSegmentationDataModule
 from medrs_diff.methods import SegDiff
 from medrs_diff.metrics import dice
 from medrs_diff.train import EMA, DiffusionTask
-from medrs_diff.train.task_data import NiftiSegmentationDataModule
 
 TINY = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
             norm_num_groups=8, rrdb_blocks=1, rrdb_features=16, rrdb_growth=8)

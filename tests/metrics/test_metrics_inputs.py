@@ -8,7 +8,12 @@ import torch
 from torchmetrics.functional.image import universal_image_quality_index
 
 from medrs_diff.metrics import (
+    MeanTracker,
     OverlapMetric,
+    as_binary,
+    as_float,
+    check_positive_ints,
+    check_thresholds,
     contingency_table,
     dice,
     ergas,
@@ -59,3 +64,20 @@ def test_uiqi_differs_from_torchmetrics_gaussian_window(rng):
     assert abs(ours - tm) > 1e-3
     assert uiqi(r, r).item() == pytest.approx(1.0)
     assert universal_image_quality_index(torch.from_numpy(r), torch.from_numpy(r)).item() == pytest.approx(1.0)
+
+
+def test_public_helpers_and_read_only_arrays(rng):
+    t = MeanTracker()
+    t.add(torch.tensor([1.0, float("nan"), 3.0]))
+    assert t.mean == 2.0 and t.undefined == 1 and t.count == 2
+    assert check_thresholds([0.5, 2]) == [0.5, 2.0] and check_positive_ints(4, "scales") == [4]
+    with pytest.raises(ValueError, match="increasing"):
+        check_thresholds([2, 1])
+    x = rng.random((1, 8, 8))
+    ro, rb = x.copy(), x > 0.5
+    ro.flags.writeable = rb.flags.writeable = False  # e.g. memory-mapped or Pillow arrays
+    t, b = as_float(ro, "x"), as_binary(rb, "m")
+    t += 1.0
+    b[...] = False
+    assert np.array_equal(ro, x) and np.array_equal(rb, x > 0.5)  # converted, never aliased
+    assert psnr(ro, 0.5 * x, 1.0).item() == pytest.approx(psnr(x, 0.5 * x, 1.0).item())

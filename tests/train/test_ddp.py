@@ -13,11 +13,24 @@ import sys
 import textwrap
 from pathlib import Path
 
+import lightning as L
+import pytest
 import torch
+from train_toy import BlobDataset, ToyMethod, trainer
 
-from medrs_diff.train import read_checkpoint
+from medrs_diff.datamodules import DictDataModule
+from medrs_diff.train import DiffusionTask, read_checkpoint
 
 HERE = Path(__file__).resolve().parent
+VAL_SIZE, VAL_BATCH = 6, 2  # 3 samples per rank: batches of 2 and 1 (uneven weights)
+
+
+class MeanToy(ToyMethod):
+    """ToyMethod plus a validation metric that does not depend on sampling: the batch mean of the sample index."""
+
+    def validation_metrics(self, batch, out):
+        return {**super().validation_metrics(batch, out), "index_mean": batch["index"].double().mean()}
+
 
 SCRIPT = textwrap.dedent(
     """
@@ -27,26 +40,30 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {here!r})
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from train_toy import BlobDataset, ToyMethod
+    from test_ddp import VAL_BATCH, VAL_SIZE, MeanToy
+    from train_toy import BlobDataset
 
-    from medrs_diff.train import EMA, DictDataModule, DiffusionTask
+    from medrs_diff.datamodules import DictDataModule
+    from medrs_diff.train import EMA, DiffusionTask
 
     out = Path(sys.argv[1])
     L.seed_everything(0)
-    method = ToyMethod(channels=4)
+    method = MeanToy(channels=4)
     task = DiffusionTask(method, lr=1e-3, warmup_steps=1, val_steps=2, val_metric="psnr",
                          panels_dir=str(out / "panels"))
-    dm = DictDataModule(BlobDataset(16), val=BlobDataset(4, seed=1), batch_size=2, seed=3)
+    dm = DictDataModule(BlobDataset(16), val=BlobDataset(VAL_SIZE, seed=1), batch_size=VAL_BATCH, seed=3)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=str(out), limit_val_batches=1, num_sanity_val_steps=0,
+        enable_model_summary=False, default_root_dir=str(out), num_sanity_val_steps=0,
         callbacks=[EMA(decay=0.9), ModelCheckpoint(dirpath=str(out / "ckpt"), save_last=True, every_n_train_steps=2)],
     )
     trainer.fit(task, dm)
+    val_batches = [len(b["image"]) for b in trainer.val_dataloaders]
     record = {{
         "world": trainer.world_size, "backend": str(trainer.strategy._process_group_backend),
         "seen": method.seen, "weight_sum": float(method.net.conv1.weight.double().sum()),
         "psnr": float(trainer.callback_metrics["val/psnr"]),
+        "index_mean": float(trainer.callback_metrics["val/index_mean"]), "val_batches": val_batches,
     }}
     (out / f"rank{{trainer.global_rank}}.json").write_text(json.dumps(record))
     """
@@ -76,3 +93,16 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     g0, g1 = (s["train_generator"] for s in ckpt["rng_states"])
     assert not torch.equal(g0, g1)  # ranks draw different training noise
     assert list((tmp_path / "panels").glob("val_step*.png"))
+
+    # Validation metrics are reduced across ranks, weighted by batch size: the logged epoch value equals
+    # the single-process value on the same data, and the mean over all validation samples.
+    assert r0["val_batches"] == r1["val_batches"] == [2, 1]  # each rank saw 3 of the 6 samples, unevenly batched
+    val = BlobDataset(VAL_SIZE, seed=1)
+    L.seed_everything(0)
+    single = trainer(tmp_path / "single")
+    single.validate(DiffusionTask(MeanToy(channels=4), val_steps=2),
+                    DictDataModule(val=val, batch_size=4), verbose=False)  # batches of 4 and 2 here
+    single_value = float(single.callback_metrics["val/index_mean"])
+    assert r0["index_mean"] == r1["index_mean"] == pytest.approx(single_value, abs=1e-6)
+    assert single_value == pytest.approx(2.5, abs=1e-6)  # mean of the sample indices 0..5
+    # (unweighted means of batch means would give 3.0 in both runs: [0, 2] [4] | [1, 3] [5], and [0..3] [4, 5])

@@ -8,16 +8,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from train_toy import BlobDataset, OtherToyMethod, ToyMethod, trainer
 
+from medrs_diff.datamodules import DictDataModule, ResumableDataLoader
 from medrs_diff.train import (
     EMA,
     AtomicCheckpointIO,
     CheckpointError,
-    DictDataModule,
     DiffusionTask,
     load_method_from_checkpoint,
     read_checkpoint,
 )
-from medrs_diff.train.datamodule import ResumableDataLoader
 
 N = 10  # 24 samples / batch 4 = 6 batches per epoch: the checkpoint at step 5 is mid-epoch, step 10 in epoch 2
 
@@ -209,3 +208,88 @@ def test_worker_seeding_is_deterministic_and_leaves_global_rng_alone():
     assert torch.equal(state, torch.get_rng_state())
     assert a == b and a != c
     assert len({v[1] for v in a}) == 8 and len({v[2] for v in a}) == 8  # workers draw different values
+
+
+# -- class-path registry ---------------------------------------------------------------------------------
+def test_method_class_paths_resolve_through_the_registry_without_imports(monkeypatch):
+    import builtins
+
+    from medrs_diff.methods import METHODS, SegDiff, SRDiff
+    from medrs_diff.train.checkpoint import canonical_method_config, class_path_of, resolve_method_class
+
+    def no_imports(*args, **kwargs):
+        raise AssertionError(f"resolve_method_class imported {args[0]!r}")
+
+    spellings = {
+        SegDiff: ["segdiff", "SegDiff", class_path_of(SegDiff), "medrs_diff.methods.SegDiff",
+                  "medrs_diff.methods.segdiff.SegDiff"],
+        SRDiff: ["srdiff", "SRDiff", "medrs_diff.methods.SRDiff", "medrs_diff.methods.srdiff.SRDiff"],
+        ToyMethod: ["train_toy.ToyMethod", "ToyMethod"],  # not registered, but already imported by this process
+    }
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "__import__", no_imports)
+        found = {cls: [resolve_method_class(s) for s in names] for cls, names in spellings.items()}
+        with pytest.raises(CheckpointError) as err:
+            resolve_method_class("os.system")  # importable, but not a method: refused, never touched
+    for cls, got in found.items():
+        assert all(g is cls for g in got), (cls, got)
+    assert str(err.value).startswith("method config: unknown method 'os.system'; valid methods: segdiff (SegDiff, ")
+    assert ". Fix: " in str(err.value) and all(name in str(err.value) for name in METHODS)
+    cfg = canonical_method_config({"class_path": "SegDiff", "init_args": {"in_channels": 2}})
+    assert cfg == {"class_path": class_path_of(SegDiff), "init_args": {"in_channels": 2}}
+    with pytest.raises(CheckpointError, match="needs a 'class_path'"):
+        canonical_method_config({"init_args": {}})
+
+
+def test_checkpoint_naming_an_unknown_class_is_refused_before_importing_it(tmp_path):
+    import sys
+
+    _run(tmp_path, 1, save_every=1)
+    ckpt = read_checkpoint(tmp_path / "last.ckpt")
+    for record in (ckpt["medrs_diff"]["method"], ckpt["hyper_parameters"]["method"]):
+        record["class_path"] = "evil_module_never_imported.Payload"
+    bad = tmp_path / "evil.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match=r"evil.ckpt: unknown method 'evil_module_never_imported.Payload'; "
+                                              r"valid methods: .*segdiff.*\. Fix: "):
+        load_method_from_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="unknown method 'evil_module_never_imported.Payload'"):
+        DiffusionTask.load_from_checkpoint(bad)
+    assert "evil_module_never_imported" not in sys.modules
+    # read_checkpoint leaves unknown paths as stored (only known spellings are upgraded)
+    assert read_checkpoint(bad)["medrs_diff"]["method"]["class_path"] == "evil_module_never_imported.Payload"
+
+
+def test_checkpoint_errors_share_the_one_style(tmp_path):
+    import medrs_diff.errors
+
+    assert CheckpointError is medrs_diff.errors.CheckpointError
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(tmp_path / "nope.ckpt")
+    assert str(err.value) == (f"{tmp_path / 'nope.ckpt'}: checkpoint file not found. "
+                              "Fix: check the path (e.g. <log_dir>/checkpoints/last.ckpt)")
+    assert err.value.fix.startswith("check the path") and isinstance(err.value, ValueError)
+
+
+def test_ema_weights_are_read_by_the_checkpoint_module(tmp_path):
+    from medrs_diff.train import checkpoint, ema
+
+    _, ema_cb, _ = _run(tmp_path, 2, save_every=2)
+    ckpt = read_checkpoint(tmp_path / "last.ckpt")
+    assert ema.EMA_FORMAT == checkpoint.EMA_FORMAT
+    weights = checkpoint.ema_state_dict(ckpt)
+    assert set(weights) == set(ema_cb.shadow) and all(torch.equal(weights[k], ema_cb.shadow[k]) for k in weights)
+    from_file = checkpoint.ema_state_dict(tmp_path / "last.ckpt")
+    assert all(torch.equal(from_file[k], weights[k]) for k in weights)
+
+
+def test_atomic_torch_save_round_trips_and_refuses_a_folder(tmp_path):
+    from medrs_diff.errors import DataError
+    from medrs_diff.train.checkpoint import atomic_torch_save
+
+    target = tmp_path / "sub" / "x.ckpt"
+    atomic_torch_save({"a": torch.arange(3)}, target)
+    assert torch.equal(torch.load(target)["a"], torch.arange(3))
+    assert [p.name for p in target.parent.iterdir()] == ["x.ckpt"]
+    with pytest.raises(DataError, match="existing folder"):
+        atomic_torch_save({"a": 1}, tmp_path / "sub")

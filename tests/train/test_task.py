@@ -18,7 +18,7 @@ from medrs_diff.train import (
     read_checkpoint,
     save_panel,
 )
-from medrs_diff.train.panels import to_display
+from medrs_diff.viz.panels import to_display
 
 
 def _fixed_loss(method: ToyMethod, ds: BlobDataset) -> float:
@@ -166,3 +166,58 @@ def test_panel_shows_middle_slice_rgb_and_shared_ranges(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="at least one column"):
         save_panel(tmp_path / "q.png", {"input": None})
+
+
+def test_cli_short_method_name_is_stored_as_the_full_class_path(tmp_path):
+    """A recipe may say `class_path: SMPUNet` (a non-diffusion method); checkpoints store the full path."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from medrs_diff.datamodules import NiftiSegmentationDataModule
+    from medrs_diff.methods import SMPUNet
+
+    cfg = {
+        "seed_everything": 0,
+        "model": {
+            "method": {"class_path": "SMPUNet",
+                       "init_args": {"encoder_depth": 2, "decoder_channels": [8, 8]}},
+            "lr": 1e-3, "warmup_steps": 1, "val_metric": "dice",
+        },
+        "data": {"root": str(tmp_path / "data"), "phantoms": 4, "phantom_size": [16, 16], "batch_size": 2},
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": 2, "logger": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "default_root_dir": str(tmp_path), "limit_val_batches": 1,
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli = LightningCLI(DiffusionTask, NiftiSegmentationDataModule, args=["fit", "--config", str(path)],
+                       save_config_kwargs={"overwrite": True})
+    assert isinstance(cli.model.method, SMPUNet)
+    assert cli.model.hparams["method"]["class_path"] == "medrs_diff.methods.baselines.SMPUNet"
+    (ckpt_path,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    ckpt = read_checkpoint(ckpt_path)
+    assert ckpt["hyper_parameters"]["method"]["class_path"] == "medrs_diff.methods.baselines.SMPUNet"
+    assert ckpt["medrs_diff"]["method"]["init_args"]["encoder_depth"] == 2
+    assert "val/dice" in cli.trainer.callback_metrics
+    again = DiffusionTask.load_from_checkpoint(ckpt_path)
+    assert torch.equal(again.method.net.encoder.conv1.weight, cli.model.method.net.encoder.conv1.weight)
+
+
+def test_resume_accepts_older_spellings_of_the_same_method():
+    from medrs_diff.errors import CheckpointError
+    from medrs_diff.methods import RegressionSR
+
+    task = DiffusionTask(RegressionSR(in_channels=1, scale=2, rrdb_blocks=1, rrdb_features=8, rrdb_growth=4))
+    state = {f"method.{k}": v for k, v in task.method.state_dict().items()}
+    for spelling in ("RegressionSR", "regression_sr", "medrs_diff.methods.RegressionSR"):
+        task.on_load_checkpoint({"medrs_diff": {"method": {"class_path": spelling}}, "state_dict": state})
+    with pytest.raises(CheckpointError, match="holds a .* model .*SMPUNet.*, but this run trains regression_sr"):
+        task.on_load_checkpoint({"medrs_diff": {"method": {"class_path": "SMPUNet"}, "method_name": "smp_unet"},
+                                 "state_dict": state})
+
+
+def test_panels_moved_to_viz_with_a_shim():
+    from medrs_diff.train import panels as old
+    from medrs_diff.viz import panels
+
+    assert old.save_panel is panels.save_panel is save_panel and old.to_display is to_display

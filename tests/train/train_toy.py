@@ -63,7 +63,6 @@ class ToyMethod(DiffusionMethod):
 
     def __init__(self, channels: int = 16, timesteps: int = 50, dropout: float = 0.1) -> None:
         super().__init__()
-        self._init_args = {"channels": channels, "timesteps": timesteps, "dropout": dropout}
         self.net = ToyDenoiser(channels, timesteps, dropout)
         self.schedule = make_schedule("linear", timesteps)
         self.objective = DiffusionLoss(self.schedule)

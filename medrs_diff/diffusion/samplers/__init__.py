@@ -1,4 +1,8 @@
-"""Samplers: plain functions ``sample(denoise, x_T, schedule, *, hooks=(), generator=None, ...)``."""
+"""Samplers: plain functions ``sample(denoise, x_T, schedule, *, hooks=(), generator=None, ...)``.
+
+:data:`SAMPLERS` (in :mod:`.registry`) is the one registry of the five samplers with their metadata;
+call any of them the same way through its :class:`SamplerSpec`.
+"""
 
 from .analytic_dpm import AnalyticGamma, analytic_dpm, analytic_variances, estimate_gamma
 from .base import Denoiser, Hook, Model, StepContext
@@ -6,20 +10,21 @@ from .ddim import ddim, ddim_invert, ddim_step
 from .ddpm import ddpm, ddpm_step
 from .dpm_solver_pp import dpm_solver_pp
 from .paradigms import ParadigmsResult, paradigms
+from .registry import SAMPLERS, SamplerSpec, check_sampler, get_sampler, register_sampler, sampler_names
 from .truncated import sample_from_estimate, truncated_start
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
-
 __all__ = [
+    "SAMPLERS",
     "AnalyticGamma",
     "Denoiser",
     "Hook",
     "Model",
     "ParadigmsResult",
-    "SAMPLERS",
+    "SamplerSpec",
     "StepContext",
     "analytic_dpm",
     "analytic_variances",
+    "check_sampler",
     "ddim",
     "ddim_invert",
     "ddim_step",
@@ -27,7 +32,10 @@ __all__ = [
     "ddpm_step",
     "dpm_solver_pp",
     "estimate_gamma",
+    "get_sampler",
     "paradigms",
+    "register_sampler",
     "sample_from_estimate",
+    "sampler_names",
     "truncated_start",
 ]

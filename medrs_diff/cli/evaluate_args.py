@@ -1,0 +1,94 @@
+"""``medrs-diff evaluate PRED REF --task ...``: the argparse arguments and their conversion to
+:func:`medrs_diff.evaluation.evaluate` (argparse lives only here; the evaluation package is typed)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArgumentError
+from ..evaluation import TASKS, evaluate, format_table
+
+__all__ = ["add_arguments", "run_from_args"]
+
+
+def _default(task: str, name: str) -> Any:
+    (f,) = [f for f in dataclasses.fields(TASKS[task].options) if f.name == name]
+    return f.default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``evaluate`` sub-command's arguments to ``parser``."""
+    parser.add_argument("pred", type=Path, metavar="PRED", help="prediction file or folder")
+    parser.add_argument("ref", type=Path, metavar="REF", help="reference file or folder (paired by name)")
+    parser.add_argument("--task", required=True, choices=tuple(TASKS),
+                        help="which metric family to compute: "
+                             + "; ".join(f"{t.name}: {t.description}" for t in TASKS.values()))
+    parser.add_argument("--mask", type=Path, default=None,
+                        help="mask file (all cases) or folder (paired by name): FOV for seg, SAM mask for "
+                             "spectral, verification domain for forecast, body/lesion mask for image, "
+                             "pixels to score for class")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for evaluation_<task>.csv/.json (default: <PRED>_evaluation beside PRED, "
+                             "else ./evaluation_out)")
+    g = parser.add_argument_group("seg")
+    g.add_argument("--spacing", type=float, nargs="+", default=None,
+                   help="voxel spacing in mm per axis, overriding the file header")
+    g.add_argument("--labels", type=int, nargs="+", default=None, help="labels to score (default: all found)")
+    g.add_argument("--brats", action="store_true", help="score BraTS regions WT/TC/ET instead of labels")
+    g.add_argument("--et-label", type=int, default=_default("seg", "et_label"), choices=(3, 4),
+                   help="enhancing-tumour label (BraTS)")
+    g.add_argument("--threshold", type=float, default=_default("seg", "threshold"),
+                   help="threshold for probability maps")
+    g.add_argument("--tolerance", type=float, default=_default("seg", "tolerance"),
+                   help="surface Dice tolerance in mm")
+    g.add_argument("--empty-score", type=float, default=_default("seg", "empty_score"),
+                   help="Dice/IoU/surface Dice when prediction and reference are both empty ('nan' to skip)")
+    g = parser.add_argument_group("spectral / image")
+    g.add_argument("--data-range", default=None,
+                   help="data range for PSNR/SSIM (required): a number, or ref_range / ref_max (image task)")
+    g.add_argument("--resolution-ratio", type=float, default=_default("spectral", "resolution_ratio"),
+                   help="ERGAS h/l, high/low-resolution pixel-size ratio (0.25 for x4 SR)")
+    g.add_argument("--channels-last", action="store_true", help=".npy band stacks are (H, W, C)")
+    g.add_argument("--nrmse-norm", default=_default("image", "nrmse_norm"), choices=("euclidean", "min-max", "mean"),
+                   help="NRMSE normaliser")
+    g.add_argument("--spatial-dims", type=int, default=None, choices=(2, 3), help="2-D or 3-D SSIM")
+    g.add_argument("--enl", action="store_true", help="also report the equivalent number of looks (SAR)")
+    g = parser.add_argument_group("forecast")
+    g.add_argument("--thresholds", type=float, nargs="+", default=None, help="event thresholds, increasing")
+    g.add_argument("--scales", type=int, nargs="+", default=list(_default("forecast", "scales")),
+                   help="max-pool sizes for CSI, FSS neighbourhoods, CRPS average-pool sizes")
+    g.add_argument("--ensemble", action="store_true", help="PRED has a leading ensemble-member axis")
+    g = parser.add_argument_group("class")
+    g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: max label + 1)")
+    g.add_argument("--ignore-index", type=int, default=None, help="reference label to leave out")
+
+
+def _same(a: Any, b: Any) -> bool:
+    norm = (lambda v: tuple(v) if isinstance(v, list | tuple) else v)  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen task's options from ``args``; an option of another task set away from its default is refused."""
+    own = {f.name for f in dataclasses.fields(TASKS[args.task].options)}
+    for name, task in TASKS.items():
+        if name == args.task:
+            continue
+        for f in dataclasses.fields(task.options):
+            if f.name not in own and hasattr(args, f.name) and not _same(getattr(args, f.name), f.default):
+                flag = "--" + f.name.replace("_", "-")
+                users = [n for n, t in TASKS.items() if f.name in {x.name for x in dataclasses.fields(t.options)}]
+                raise ArgumentError(flag, f"does not apply to --task {args.task} (it is an option of --task "
+                                    f"{', '.join(users)})", "drop it or choose the matching --task")
+    return {name: getattr(args, name) for name in own if hasattr(args, name)}
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate from parsed ``evaluate`` arguments, print the table and the written paths; return the results."""
+    results = evaluate(args.pred, args.ref, args.task, out=args.out, mask=args.mask, **_task_options(args))
+    print(format_table(results))
+    print(f"wrote {results['csv']} and {results['json']}")
+    return results

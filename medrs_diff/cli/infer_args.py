@@ -1,0 +1,98 @@
+"""``medrs-diff infer``: the argparse arguments and their conversion to a
+:class:`~medrs_diff.inference.Predictor` call (argparse lives only here; the Predictor is typed).
+
+Every number is checked while parsing, with the valid range in the message (``--steps 0`` ->
+``medrs-diff infer: error: argument --steps: must be an integer >= 1, got 0``), and ``--device cuda``
+without a visible GPU is refused there too, before a checkpoint is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["add_arguments", "run_from_args"]
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (0 <= overlap < 1), got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    from ..errors import MedrsError
+    from ..inference.predictor import check_device
+
+    try:
+        check_device(text)
+    except MedrsError as err:
+        raise argparse.ArgumentTypeError(f"{err.problem}; {err.fix}") from None
+    return text
+
+
+def _sampler_choice() -> Callable[[str], str]:
+    from ..diffusion.samplers import SAMPLERS
+
+    def choose(text: str) -> str:
+        if text not in SAMPLERS:
+            raise argparse.ArgumentTypeError(f"unknown sampler {text!r}; choose one of {', '.join(SAMPLERS)}")
+        return text
+
+    return choose
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the ``infer`` sub-command's arguments to ``p``."""
+    import torch
+
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by `medrs-diff fit`")
+    p.add_argument("--input", required=True,
+                   help="a file or a folder of files of any readable type (NIfTI, GeoTIFF, PNG / JPEG, .npy, ...)")
+    p.add_argument("--output", required=True, help="output file (single input) or folder")
+    p.add_argument("--sampler", default=None, type=_sampler_choice(), help="default: the method's own")
+    p.add_argument("--steps", type=_at_least_one, default=None, help="sampling steps >= 1 (default: the method's)")
+    p.add_argument("--n-samples", type=_at_least_one, default=None,
+                   help="stochastic samples fused per case, >= 1 (default: the method's)")
+    p.add_argument("--tile", type=_at_least_one, nargs="+", default=None,
+                   help="window size in input pixels / voxels, >= 1, one or one per axis (default: from the "
+                        "training patch size, so time grows linearly with the image and memory stays flat)")
+    p.add_argument("--overlap", type=_fraction, default=0.25, help="window overlap, 0 <= overlap < 1 (default 0.25)")
+    p.add_argument("--batch", type=_at_least_one, default=4, help="windows per forward pass, >= 1 (default 4)")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the windows run (default: cuda when a GPU is visible, else cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw-weights", action="store_true", help="use the raw training weights, not the EMA ones")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
+
+
+def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
+    """Run ``infer`` from parsed arguments; prints one line per input; returns ``{output key: path}`` per input."""
+    from ..inference import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
+                                          ema=False if args.raw_weights else None)
+
+    def report(src: Path, paths: dict[str, Path]) -> None:
+        print(f"{src} -> " + ", ".join(str(p) for p in paths.values()), flush=True)
+
+    return predictor.predict_files(
+        args.input, args.output, sampler=args.sampler, steps=args.steps, n_samples=args.n_samples, seed=args.seed,
+        tile=args.tile, overlap=args.overlap, batch=args.batch, progress=False if args.no_progress else None,
+        on_done=report,
+    )

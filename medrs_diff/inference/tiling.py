@@ -1,0 +1,529 @@
+"""Whole-volume and whole-scene inference: blended overlapping windows (no seams), bounded memory,
+file in -> file out on exactly the input's grid.
+
+``predictor`` is any callable mapping a batch of windows (B, C_in, *window) to (B, C_out, *window x f),
+or to a dict of such tensors (e.g. ``{"prediction": ..., "uncertainty": ...}``); each dict entry is
+written to its own file with the input's geometry. Window contributions are weighted by a blending
+window (``gaussian``, ``cosine`` or ``constant``) and normalised by the summed weights, so an identity
+model returns the input and a constant model returns the constant across tile borders.
+
+Three file paths: :func:`infer_nifti` (volumes in memory, reoriented to RAS for the model, MONAI
+``sliding_window_inference``), :func:`infer_geotiff` (scenes larger than memory: windowed reads,
+strip-wise writes) and :func:`infer_image` (any other registered format, e.g. PNG / JPEG clinical
+images and ``.npy`` arrays, in memory). :func:`default_window` picks a window from the training patch
+size so that time grows linearly with the image and memory per window stays flat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import torch
+from monai.inferers import sliding_window_inference
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from tqdm.auto import tqdm
+
+from .. import io
+from ..data.scaling import Scaling, ScalingSpec, resolve
+from ..errors import ArgumentError, DataError
+from ..io.atomic import atomic_outputs, check_output_path
+from ..io.geotiff import check_bands, geotiff_profile, has_valid_data, open_geotiff, set_band_metadata, valid_mask
+from ..io.nifti import nifti_image, read_nifti
+
+Output = torch.Tensor | Mapping[str, torch.Tensor]
+#: What the tiling functions call on a batch of windows.
+WindowFn = Callable[[torch.Tensor], Output]
+#: ``out_scaling``: a Scaling, ``"input"`` (the inverse of the input's own scaling) or None (no mapping).
+OutScaling = Scaling | Literal["input"] | None
+PathLike = str | os.PathLike
+MAIN_KEY = "prediction"
+INPUT_SCALING_TAG = "MEDRS_INPUT_SCALING"
+
+#: Default window (output-grid pixels / voxels per axis) when no training patch size is known.
+FALLBACK_WINDOW = {2: 128, 3: 96}
+#: Smallest default window (output grid): below it the per-window overhead dominates.
+MIN_WINDOW = {2: 64, 3: 32}
+#: Default windows are multiples of this on the output grid, so a UNet's downsampling divides them.
+WINDOW_MULTIPLE = 16
+
+
+def show_progress(progress: bool | None) -> bool:
+    """``progress`` if given, else True only when stderr (where tqdm writes) is a terminal."""
+    if progress is not None:
+        return bool(progress)
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def default_window(spatial_dims: int, grid_factor: int = 1, patch_size: int | Sequence[int] | None = None,
+                   shape: Sequence[int] | None = None, size_multiple: int = 1) -> tuple[int, ...]:
+    """The default inference window on the *input* grid, per spatial axis.
+
+    Starts from the training patch size (on the output grid, as data modules store it) or
+    :data:`FALLBACK_WINDOW` when unknown, enlarged to at least :data:`MIN_WINDOW`, rounded up to a
+    multiple of :data:`WINDOW_MULTIPLE` and divided by ``grid_factor`` (the super-resolution scale), and
+    a multiple of ``size_multiple`` (what the model's input sizes must be a multiple of, from
+    ``io_spec.extra``). With ``shape`` (the input's spatial shape) it never exceeds the image rounded up
+    to that multiple, so a small image is one window. Fixed windows make time linear in the image size and keep the
+    memory of one window constant, whatever the scene; the model's attention never sees a larger
+    window than it was trained near.
+    """
+    if spatial_dims not in FALLBACK_WINDOW:
+        raise ArgumentError(None, f"spatial_dims must be 2 or 3, got {spatial_dims}", "use a 2-D or 3-D model")
+    f = int(grid_factor)
+    if f < 1:
+        raise ArgumentError(None, f"grid_factor must be >= 1, got {grid_factor}", "use a positive integer")
+    if patch_size is None:
+        patch: tuple[int, ...] = (FALLBACK_WINDOW[spatial_dims],) * spatial_dims
+    elif isinstance(patch_size, int | np.integer):
+        patch = (int(patch_size),) * spatial_dims
+    else:
+        patch = tuple(int(p) for p in patch_size)
+        patch = patch * spatial_dims if len(patch) == 1 else patch
+    if len(patch) != spatial_dims:
+        raise ArgumentError(None, f"patch_size {patch} does not have {spatial_dims} entries",
+                            f"give one size or {spatial_dims} sizes")
+    if int(size_multiple) < 1:
+        raise ArgumentError(None, f"size_multiple must be >= 1, got {size_multiple}", "use a positive integer")
+    step = math.lcm(max(1, math.ceil(WINDOW_MULTIPLE / f)), int(size_multiple))  # input pixels
+    window = [max(1, _round_up(max(p, MIN_WINDOW[spatial_dims]), WINDOW_MULTIPLE) // f) for p in patch]
+    window = [_round_up(w, step) for w in window]
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)[-spatial_dims:]
+        window = [min(w, _round_up(s, step)) for w, s in zip(window, shape)]
+    return tuple(window)
+
+
+def blend_window(size: Sequence[int], blend: str = "gaussian", sigma_scale: float = 0.125,
+                 min_weight: float = 1e-3) -> torch.Tensor:
+    """Separable blending window of shape ``size`` (max 1, min ``min_weight`` so every pixel counts).
+
+    ``gaussian``: sigma = ``sigma_scale`` x size (as MONAI); ``cosine``: raised cosine (Hann) that falls
+    towards the borders; ``constant``: plain averaging.
+    """
+    w = torch.ones(())
+    for n in size:
+        i = torch.arange(n, dtype=torch.float64)
+        if blend == "gaussian":
+            c, s = (n - 1) / 2, max(sigma_scale * n, 1e-6)
+            w1 = torch.exp(-0.5 * ((i - c) / s) ** 2)
+        elif blend == "cosine":
+            w1 = 0.5 - 0.5 * torch.cos(2 * torch.pi * (i + 0.5) / n)
+        elif blend == "constant":
+            w1 = torch.ones(n, dtype=torch.float64)
+        else:
+            raise ArgumentError(None, f"blend must be 'gaussian', 'cosine' or 'constant', not {blend!r}",
+                                "choose one of those")
+        w = w[..., None] * (w1 / w1.max())
+    return w.clamp_min(min_weight).float()
+
+
+def _as_dict(out: Output) -> dict[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return {MAIN_KEY: out}
+    if isinstance(out, Mapping) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
+        return dict(out)
+    raise TypeError(f"predictor must return a tensor or a dict of tensors, got {type(out).__name__}")
+
+
+def _device_of(predictor: Any, device: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(predictor, torch.nn.Module):
+        p = next(predictor.parameters(), None)
+        if p is not None:
+            return p.device
+    return torch.device("cpu")
+
+
+def _check_overlap(overlap: float) -> None:
+    if not 0 <= overlap < 1:
+        raise ArgumentError(None, f"overlap must be in [0, 1), got {overlap}", "pass a fraction such as 0.25")
+
+
+def infer_volume(predictor: WindowFn, image: torch.Tensor, roi_size: Sequence[int] | int, overlap: float = 0.25,
+                 blend: str = "gaussian", batch: int = 4, *, device: Any = None, sw_device: Any = None,
+                 progress: bool | None = False, padding_mode: str = "replicate") -> Output:
+    """Sliding-window inference (MONAI) over a (C, *spatial) or (B, C, *spatial) tensor.
+
+    ``device`` holds the stitched output (keep the whole volume on CPU), ``sw_device`` runs the windows
+    (e.g. ``"cuda"``). Returns a tensor (or dict of tensors) shaped like the input but with C_out channels
+    (and ``f`` times larger spatially when the predictor's outputs are ``f`` times larger than its windows).
+    """
+    _check_overlap(overlap)
+    squeeze = isinstance(roi_size, Sequence) and image.ndim == len(roi_size) + 1
+    x = image[None] if squeeze else image
+    spatial = x.ndim - 2
+    roi = (int(roi_size),) * spatial if not isinstance(roi_size, Sequence) else tuple(int(r) for r in roi_size)
+    if len(roi) != spatial:
+        raise ArgumentError(None, f"roi_size {roi} does not match the {spatial} spatial dims of the input "
+                            f"{tuple(x.shape)}", f"give {spatial} window sizes")
+    if not torch.isfinite(x).all():
+        raise DataError(None, "input tensor holds NaN or Inf", "fill or mask invalid voxels before inference")
+    roi = tuple(r if r > 0 else s for r, s in zip(roi, x.shape[2:]))
+    sw_dev = torch.device(sw_device) if sw_device is not None else _device_of(predictor, None)
+    weights = blend_window(roi, blend)[None, None]  # MONAI pads inputs smaller than the roi
+    with torch.inference_mode():
+        out = sliding_window_inference(x, roi, batch, predictor, overlap=overlap, mode="constant",
+                                       padding_mode=padding_mode, sw_device=sw_dev,
+                                       device=device if device is not None else x.device,
+                                       progress=show_progress(progress), roi_weight_map=weights.to(sw_dev))
+    if squeeze:
+        return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
+    return out
+
+
+def _default_paths(out_path: Path, keys: Sequence[str], extra: Mapping[str, PathLike] | None) -> dict[str, Path]:
+    """Main output at ``out_path``; other keys at ``extra[key]`` or ``<stem>_<key><suffix>`` beside it."""
+    extra = dict(extra or {})
+    suffix = io.suffix_of(out_path)
+    stem = io.stem_of(out_path)
+    main = MAIN_KEY if MAIN_KEY in keys else keys[0]
+    paths = {main: out_path}
+    for k in keys:
+        if k != main:
+            paths[k] = Path(extra[k]) if k in extra else out_path.with_name(f"{stem}_{k}{suffix}")
+    return paths
+
+
+def _mapped_keys(paths: Mapping[str, Path], data_space: Sequence[str] | None) -> set[str]:
+    """Outputs that ``out_scaling`` maps back: ``data_space`` if given, else the main output only."""
+    return set(data_space) if data_space is not None else {next(iter(paths))}
+
+
+def _out_scaling(out_scaling: OutScaling, scale_in: Scaling) -> Scaling | None:
+    if isinstance(out_scaling, str):
+        if out_scaling != "input":
+            raise ArgumentError(None, f"out_scaling must be a Scaling, 'input' or None, not {out_scaling!r}",
+                                "pass 'input' to map outputs back with the input's own scaling")
+        return scale_in
+    return out_scaling
+
+
+def _zoomed_affine(affine: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
+    """Affine of an output covering the same field of view as the input with ``out_shape`` voxels
+    (super-resolution): voxel j of the output sits at input voxel ``(j + 0.5) / f - 0.5``."""
+    if tuple(in_shape) == tuple(out_shape):
+        return affine
+    t = np.eye(4)
+    for k, (n_in, n_out) in enumerate(zip(in_shape, out_shape)):
+        f = n_out / n_in
+        t[k, k], t[k, 3] = 1.0 / f, (1.0 / f - 1.0) / 2.0
+    return affine @ t
+
+
+def _fill_nonfinite(data: np.ndarray, path: PathLike) -> np.ndarray:
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise DataError(path, "holds no finite voxel (all NaN)", "check the file; it holds no data")
+    return data if finite.all() else np.where(finite, data, data[finite].min())
+
+
+def oriented_shape(affine: np.ndarray, shape: Sequence[int], orientation: str | None = "RAS") -> tuple[int, ...]:
+    """Spatial shape of a NIfTI volume as :func:`infer_nifti` shows it to the model (3-D: after the axis
+    permutation to ``orientation``); for choosing its window."""
+    shape = tuple(int(s) for s in shape)
+    if not orientation or len(shape) != 3:
+        return shape
+    fwd = ornt_transform(io_orientation(affine), axcodes2ornt(orientation))
+    return tuple(apply_orientation(np.broadcast_to(np.zeros((), bool), shape), fwd).shape)
+
+
+def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_size: Sequence[int],
+                overlap: float = 0.25, blend: str = "gaussian", batch: int = 4, *,
+                in_scaling: ScalingSpec = None, out_scaling: OutScaling = None,
+                data_space: Sequence[str] | None = None,
+                orientation: str | None = "RAS", expected_channels: int | None = None,
+                extra_outputs: Mapping[str, PathLike] | None = None, out_dtype: Any = np.float32,
+                device: Any = None, sw_device: Any = None, progress: bool | None = None) -> dict[str, Path]:
+    """NIfTI in -> NIfTI out(s) on exactly the input's voxel grid (affine and header kept).
+
+    The volume is scaled by ``in_scaling`` (name or Scaling; recorded in the output), reoriented to
+    ``orientation`` by exact axis flips / permutations (no resampling) for the predictor, and the outputs
+    in ``data_space`` (default: the main one) are mapped back by ``out_scaling`` (``"input"``: the input's
+    own scaling) and every output by the inverse reorientation. Multi-channel inputs are 4-D NIfTI
+    (channels last). A predictor whose outputs are larger than its windows by a factor (super-resolution)
+    gets outputs on a finer grid over the same field of view. ``device`` runs the windows (alias of
+    ``sw_device``); the stitched volume stays on the CPU. Returns ``{key: path}``; all files appear only
+    when all succeed.
+    """
+    _check_overlap(overlap)
+    check_output_path(out_path, [in_path])  # refuse before any work is done
+    vol = read_nifti(in_path)
+    spatial = len(roi_size)
+    data = vol.data
+    if data.ndim == spatial:
+        data = data[..., None]
+    if data.ndim != spatial + 1:
+        raise DataError(in_path, f"has shape {vol.data.shape}, not {spatial} spatial dims (+ channels)",
+                        f"pass a roi_size with {vol.data.ndim} or {vol.data.ndim - 1} entries")
+    if expected_channels is not None and data.shape[-1] != expected_channels:
+        raise DataError(in_path, f"has {data.shape[-1]} channel(s) but the model expects {expected_channels}",
+                        "stack the right modalities into a 4-D NIfTI (channels last)")
+    data = _fill_nonfinite(data, in_path)
+    fwd = inv = None
+    if orientation and spatial == 3:
+        cur = io_orientation(vol.affine)
+        fwd = ornt_transform(cur, axcodes2ornt(orientation))
+        inv = ornt_transform(axcodes2ornt(orientation), cur)
+        data = apply_orientation(data, fwd)
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0)))
+    scale_in = resolve(in_scaling, x)
+    x = scale_in.forward(x)
+    run_on = sw_device if sw_device is not None else _device_of(predictor, device)
+    outs = _as_dict(infer_volume(predictor, x, roi_size, overlap, blend, batch, device="cpu", sw_device=run_on,
+                                 progress=progress))
+    paths = _default_paths(Path(out_path), list(outs), extra_outputs)
+    mapped, scale_out = _mapped_keys(paths, data_space), _out_scaling(out_scaling, scale_in)
+    images = []
+    for key in paths:
+        y = outs[key].float()
+        if scale_out is not None and key in mapped:
+            y = scale_out.inverse(y)
+        arr = np.moveaxis(y.cpu().numpy(), 0, -1)
+        if inv is not None:
+            arr = apply_orientation(arr, inv)
+        affine = _zoomed_affine(vol.affine, vol.data.shape[:spatial], arr.shape[:spatial])
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr
+        images.append(nifti_image(arr.astype(out_dtype), affine, header=vol.header, dtype=out_dtype,
+                                  scaling=scale_in))
+    with atomic_outputs(list(paths.values()), [in_path]) as tmps:
+        for img, tmp in zip(images, tmps, strict=True):
+            img.to_filename(str(tmp))
+    return paths
+
+
+def channel_first(data: np.ndarray, layout: Sequence[str], spatial: int, path: PathLike) -> tuple[np.ndarray, str]:
+    """(C, *spatial) from an array in ``layout`` (channels first, last or absent); returns the array and
+    where its channels were (``"first"``, ``"last"``, ``"none"``), to put outputs back the same way."""
+    if data.ndim == spatial:
+        return data[None], "none"
+    if data.ndim == spatial + 1:
+        if layout and layout[-1] in ("c", "channel", "band"):
+            return np.moveaxis(data, -1, 0), "last"
+        return data, "first"  # (channel, ...) layouts and plain arrays: channels first (NumPy convention)
+    raise DataError(path, f"has shape {data.shape}, not {spatial} spatial dims (+ channels)",
+                    f"pass a {spatial}-D image (optionally with one channel axis)")
+
+
+def _restore_layout(y: np.ndarray, where: str) -> np.ndarray:
+    if where == "last":
+        return np.moveaxis(y, 0, -1)
+    if where == "none" and y.shape[0] == 1:
+        return y[0]
+    return y
+
+
+def image_output_path(path: Path, label: bool) -> Path:
+    """Where an in-memory output goes: its own path, except for 2-D image formats (PNG / JPEG / ...),
+    which hold integers only: a ``label`` output (a mask) is written as PNG when the input was lossy
+    (JPEG), any other output (probabilities, uncertainties, intensities) as a float TIFF ``<stem>.tif``."""
+    if io.format_for(path).name != "image2d":
+        return path
+    if label:
+        return path if io.suffix_of(path) not in (".jpg", ".jpeg") else path.with_name(io.stem_of(path) + ".png")
+    return path.with_name(io.stem_of(path) + ".tif")
+
+
+def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path: PathLike, roi_size: Sequence[int],
+                overlap: float = 0.25, blend: str = "gaussian", batch: int = 4, *,
+                in_scaling: ScalingSpec = None, out_scaling: OutScaling = None,
+                data_space: Sequence[str] | None = None, label_outputs: Sequence[str] = (),
+                expected_channels: int | None = None,
+                extra_outputs: Mapping[str, PathLike] | None = None, device: Any = None,
+                progress: bool | None = None, read_kwargs: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Any registered file read in memory (PNG / JPEG / BMP / GIF clinical images, ``.npy``, cubes...)
+    -> outputs of the same kind and geometry, through MONAI sliding windows of ``roi_size``.
+
+    ``in_path`` may also be an :class:`~medrs_diff.io.ArrayFile` already read. The array is read with
+    :func:`medrs_diff.io.read` and brought to (C, *spatial) from its layout; outputs
+    go back to that layout and are written with :func:`medrs_diff.io.write`. For 2-D image formats the
+    ``label_outputs`` (masks) are rounded and written as PNG, the others as float TIFF ``<stem>.tif``
+    (see :func:`image_output_path`). The returned ``{key: path}`` names the files written.
+    """
+    _check_overlap(overlap)
+    src = in_path if isinstance(in_path, io.ArrayFile) else io.read(in_path, **dict(read_kwargs or {}))
+    in_path = src.path
+    check_output_path(out_path, [in_path])
+    spatial = len(roi_size)
+    data, where = channel_first(np.asarray(src.data, dtype=np.float32), src.geometry.layout, spatial, in_path)
+    if expected_channels is not None and data.shape[0] != expected_channels:
+        raise DataError(in_path, f"has {data.shape[0]} channel(s) but the model expects {expected_channels}",
+                        f"pass an image with {expected_channels} channel(s)")
+    data = _fill_nonfinite(data, in_path)
+    x = torch.from_numpy(np.ascontiguousarray(data))
+    scale_in = resolve(in_scaling, x)
+    x = scale_in.forward(x)
+    run_on = _device_of(predictor, device)
+    outs = _as_dict(infer_volume(predictor, x, roi_size, overlap, blend, batch, device="cpu", sw_device=run_on,
+                                 progress=progress))
+    planned = _default_paths(Path(out_path), list(outs), extra_outputs)
+    mapped, scale_out = _mapped_keys(planned, data_space), _out_scaling(out_scaling, scale_in)
+    arrays, paths = {}, {}
+    for key, path in planned.items():
+        y = outs[key].float()
+        if scale_out is not None and key in mapped:
+            y = scale_out.inverse(y)
+        arr = _restore_layout(y.cpu().numpy(), where)
+        paths[key] = image_output_path(path, key in label_outputs)
+        arrays[key] = np.round(arr) if key in label_outputs else arr
+    geometry = src.geometry
+    if any(y.shape[-spatial:] != data.shape[-spatial:] for y in arrays.values()):
+        geometry = type(geometry)(kind=geometry.kind, layout=geometry.layout, extra=dict(geometry.extra))
+    for p in paths.values():
+        check_output_path(p, [in_path])
+    written: list[Path] = []
+    try:
+        for key, arr in arrays.items():
+            written.append(io.write(paths[key], arr, geometry, inputs=[in_path]))
+    except BaseException:
+        for p in written:  # all outputs or none
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
+    return paths
+
+
+def _starts(n: int, tile: int, stride: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    s = list(range(0, n - tile + 1, stride))
+    return s if s[-1] == n - tile else [*s, n - tile]
+
+
+def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    ph, pw = h - a.shape[-2], w - a.shape[-1]
+    if ph == 0 and pw == 0:
+        return a
+    mode = "reflect" if min(a.shape[-2:]) > 1 else "edge"
+    return np.pad(a, ((0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+def _geo_scaling(spec: ScalingSpec, src: Any, idx: list[int]) -> Scaling:
+    """Resolve a scaling; data-derived ones (names, callables) see a decimated view without nodata."""
+    if spec is None or isinstance(spec, Scaling):
+        return resolve(spec)
+    view = src.read(idx, out_shape=(len(idx), min(src.height, 512), min(src.width, 512))).astype(np.float32)
+    view[:, ~valid_mask(view, src.nodata)] = np.nan
+    return resolve(spec, view)
+
+
+def _shift_up(a: np.ndarray, n: int) -> np.ndarray:
+    """Drop the first ``n`` rows (axis -2) and append ``n`` zero rows: the strip moves down the scene."""
+    return np.concatenate([a[..., n:, :], np.zeros_like(a[..., :n, :])], axis=-2)
+
+
+def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, tile: int | tuple[int, int] = 256,
+                  overlap: float = 0.25, blend: str = "cosine", batch: int = 4, *,
+                  bands: Sequence[int] | None = None, expected_bands: int | None = None,
+                  in_scaling: ScalingSpec = None, out_scaling: OutScaling = None, scale: int = 1,
+                  data_space: Sequence[str] | None = None,
+                  out_band_names: Sequence[str] | None = None, extra_outputs: Mapping[str, PathLike] | None = None,
+                  out_nodata: float | None = None, out_dtype: Any = "float32", device: Any = None,
+                  progress: bool | None = None) -> dict[str, Path]:
+    """GeoTIFF in -> GeoTIFF out(s) on the input's map grid, for scenes larger than memory.
+
+    Tiles of ``tile`` pixels overlapping by ``overlap`` (fraction) are read with rasterio windows, scaled
+    by ``in_scaling`` (nodata / NaN pixels set to 0 in model space), predicted in batches of ``batch`` on
+    ``device``, the outputs in ``data_space`` (default: the main one) mapped back by ``out_scaling``
+    (``"input"``: the input's own scaling), blended and written strip by strip: memory holds one strip of
+    tile rows (C x tile x width), never the scene. With ``scale`` > 1 (super-resolution) the predictor
+    returns tiles ``scale`` times larger and the outputs cover the same ground with pixels ``scale``
+    times smaller. Pixels that are nodata in the input get ``out_nodata`` (default: the input's nodata,
+    or NaN for float inputs without one) in every output. ``bands`` are 1-based input bands. Returns
+    ``{key: path}``; outputs appear only when the whole scene succeeded.
+    """
+    th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    _check_overlap(overlap)
+    if int(scale) != scale or scale < 1:
+        raise ArgumentError(None, f"scale must be a positive integer, got {scale}", "pass 1, 2, 4, ...")
+    s = int(scale)
+    check_output_path(out_path, [in_path])  # refuse before any work is done
+    dev = _device_of(predictor, device)
+    with open_geotiff(in_path) as src:
+        idx = check_bands(in_path, src.count, bands, expected_bands)
+        if not has_valid_data(in_path, idx):
+            raise DataError(in_path, "holds only nodata / NaN pixels", "check the file and its nodata value")
+        H, W, nodata = src.height, src.width, src.nodata
+        if out_nodata is None:
+            floats = np.issubdtype(np.dtype(src.dtypes[0]), np.floating) and np.issubdtype(np.dtype(out_dtype),
+                                                                                            np.floating)
+            out_nodata = nodata if nodata is not None else (float("nan") if floats else None)
+        scale_in = _geo_scaling(in_scaling, src, idx)
+        scale_out = _out_scaling(out_scaling, scale_in)
+        out_transform = src.transform * Affine.scale(1.0 / s) if s > 1 else src.transform
+        sy, sx = max(1, round(th * (1 - overlap))), max(1, round(tw * (1 - overlap)))
+        ys, xs = _starts(H, th, sy), _starts(W, tw, sx)
+        hh, ww = min(th, H), min(tw, W)  # tile extent inside the scene (input pixels)
+        weight = blend_window((th * s, tw * s), blend).numpy()[: hh * s, : ww * s].astype(np.float64)
+        bar = tqdm(total=len(ys) * len(xs), desc=f"tiles {Path(in_path).name}", disable=not show_progress(progress))
+        with contextlib.ExitStack() as stack:
+            acc: dict[str, np.ndarray] = {}  # weighted sums over the current strip, output pixels
+            wsum = np.zeros((hh * s, W * s), np.float64)
+            valid = np.zeros((hh, W), bool)  # input pixels of the strip holding data
+            dsts: dict[str, Any] = {}
+            mapped: set[str] = set()
+            for r, y0 in enumerate(ys):
+                for b0 in range(0, len(xs), batch):
+                    xb = xs[b0 : b0 + batch]
+                    tiles = []
+                    for x0 in xb:
+                        a = src.read(idx, window=Window(x0, y0, ww, hh)).astype(np.float32)
+                        ok = valid_mask(a, nodata)
+                        valid[:, x0 : x0 + ww] |= ok
+                        a = scale_in.forward(np.where(ok[None], a, 0.0).astype(np.float32))
+                        tiles.append(_pad_to(np.where(ok[None], a, 0.0).astype(np.float32), th, tw))
+                    with torch.inference_mode():
+                        outs = _as_dict(predictor(torch.from_numpy(np.stack(tiles)).to(dev)))
+                    if not dsts:
+                        paths = _default_paths(Path(out_path), list(outs), extra_outputs)
+                        tmps = stack.enter_context(atomic_outputs(list(paths.values()), [in_path]))
+                        main = next(iter(paths))
+                        mapped = _mapped_keys(paths, data_space)
+                        for key, tmp in zip(paths, tmps, strict=True):
+                            y = outs[key]
+                            prof = geotiff_profile(H * s, W * s, y.shape[1], out_dtype, src.crs, out_transform,
+                                                   out_nodata)
+                            dsts[key] = stack.enter_context(rasterio.open(tmp, "w", **prof))
+                            set_band_metadata(dsts[key], out_band_names if key == main else None,
+                                              scale_out if key in mapped else None,
+                                              {INPUT_SCALING_TAG: scale_in.to_json()})
+                            acc[key] = np.zeros((y.shape[1], hh * s, W * s), np.float64)
+                    for key, y in outs.items():
+                        if key not in acc or tuple(y.shape[-2:]) != (th * s, tw * s) or y.shape[0] != len(xb):
+                            raise ValueError(f"predictor output '{key}' has shape {tuple(y.shape)}; expected "
+                                             f"({len(xb)}, C, {th * s}, {tw * s}) (scale {s}), keys {list(acc)}")
+                        y = y.float()
+                        if scale_out is not None and key in mapped:
+                            y = scale_out.inverse(y, channel_axis=1)
+                        y = y.cpu().numpy()[:, :, : hh * s, : ww * s]
+                        for j, x0 in enumerate(xb):
+                            acc[key][:, :, x0 * s : (x0 + ww) * s] += y[j] * weight
+                    for x0 in xb:
+                        wsum[:, x0 * s : (x0 + ww) * s] += weight
+                    bar.update(len(xb))
+                # input rows above the next tile row are final: write them, then move the strip down
+                done = hh if r == len(ys) - 1 else ys[r + 1] - y0
+                ok_rows = np.repeat(np.repeat(valid[:done], s, axis=0), s, axis=1)
+                for key, dst in dsts.items():
+                    vals = acc[key][:, : done * s] / wsum[None, : done * s]
+                    if out_nodata is not None:
+                        vals = np.where(ok_rows[None], vals, out_nodata)
+                    dst.write(vals.astype(out_dtype), window=Window(0, y0 * s, W * s, done * s))
+                    acc[key] = _shift_up(acc[key], done * s)
+                wsum, valid = _shift_up(wsum, done * s), _shift_up(valid, done)
+            bar.close()
+    return paths

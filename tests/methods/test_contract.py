@@ -1,0 +1,156 @@
+"""The method contract: captured constructor arguments, io_spec, declared engine members, default metrics."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import medrs_diff.methods as methods_pkg
+from medrs_diff.errors import ArgumentError
+from medrs_diff.methods import METHODS, DiffusionMethod, IOSpec, Method, SegDiff, SMPUNet, SRDiff
+from medrs_diff.methods.base import PSNR_CAP_DB, check_sampler
+from medrs_diff.train.checkpoint import build_method, method_config
+
+SEG = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
+           norm_num_groups=8, rrdb_blocks=1, rrdb_features=16, rrdb_growth=8)
+SR = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=8,
+          rrdb_blocks=2, rrdb_features=16, rrdb_growth=8)
+TINY = {
+    "segdiff": dict(in_channels=2, **SEG),
+    "srdiff": dict(in_channels=3, scale=2, **SR),
+    "smp_unet": dict(in_channels=2, encoder_depth=3, decoder_channels=(16, 8, 8)),
+    "regression_sr": dict(in_channels=3, scale=2, rrdb_blocks=1, rrdb_features=8, rrdb_growth=4),
+}
+
+
+def test_constructor_arguments_are_captured_with_defaults_and_lists():
+    m = SegDiff(2, **SEG)
+    hp = m.hparams()
+    assert hp["in_channels"] == 2 and hp["channels"] == [16, 32] and hp["attention_levels"] == [False, False]
+    assert hp["timesteps"] == 100 and hp["fusion"] == "mean" and hp["sampling_steps"] is None  # defaults too
+    assert list(hp) == list(inspect.signature(SegDiff).parameters)  # every argument, in signature order
+    hp["channels"].append(99)
+    assert m.hparams()["channels"] == [16, 32]  # a copy
+
+
+def test_only_the_outermost_constructor_call_is_recorded():
+    class Wide(SegDiff):
+        def __init__(self, width: int = 16, **kwargs) -> None:
+            super().__init__(in_channels=1, channels=(width, 2 * width), **kwargs)
+
+    class Same(SRDiff):  # no __init__ of its own: the parent's signature is recorded
+        pass
+
+    seg = {k: v for k, v in SEG.items() if k != "channels"}
+    w = Wide(8, **seg)
+    assert w.hparams() == {"width": 8, **{k: list(v) if isinstance(v, tuple) else v for k, v in seg.items()}}
+    assert w.unet.unet.conv_in.inner.conv.out_channels == 8
+    assert Same(in_channels=3, **SR).hparams() == SRDiff(in_channels=3, **SR).hparams()
+
+
+def test_no_method_copies_its_locals():
+    """The `_init_args = {...locals()...}` lines are gone: the base class records arguments."""
+    folder = Path(methods_pkg.__file__).parent
+    offenders = [p.name for p in folder.rglob("*.py") if "_init_args" in p.read_text() or "locals()" in p.read_text()]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_registered_method_rebuilds_from_its_hparams(name):
+    torch.manual_seed(0)
+    cls = METHODS[name]
+    m = cls(**TINY[name])
+    assert isinstance(m, Method) and m.hparams()
+    again = build_method(method_config(m))
+    assert type(again) is cls and again.hparams() == m.hparams()
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+
+
+def test_io_specs_declare_inputs_outputs_and_grid():
+    specs = {name: METHODS[name](**kw).io_spec for name, kw in TINY.items()}
+    seg_out, sr_out = ("prediction", "uncertainty", "probability"), ("prediction", "uncertainty")
+    # two UNet levels: sizes are multiples of 2 (the smp UNet pads inside; SRDiff's x2 HR is always even)
+    assert specs["segdiff"] == IOSpec({"image": 2}, seg_out, 2, 1, "seg", (), {"size_multiple": 2})
+    assert specs["smp_unet"] == IOSpec({"image": 2}, seg_out, 2, 1, "seg", (), {"size_multiple": 1})
+    assert specs["srdiff"] == IOSpec({"cond": 3}, sr_out, 2, 2, "image", ("prediction",), {"size_multiple": 1})
+    assert specs["regression_sr"] == IOSpec({"cond": 3}, sr_out, 2, 2, "image", ("prediction",),
+                                            {"size_multiple": 1})
+    deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
+                                                 "num_head_channels": 8})
+    assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
+    for name, kw in TINY.items():  # the older attributes agree with the spec
+        m = METHODS[name](**kw)
+        assert (m.input_key, m.in_channels, m.spatial_dims, m.task) == (
+            m.io_spec.input_key, m.io_spec.in_channels, m.io_spec.spatial_dims, m.io_spec.task)
+
+
+def test_predict_returns_every_declared_output():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    batches = {
+        "segdiff": {"image": torch.randn(2, 2, 16, 16)},
+        "smp_unet": {"image": torch.randn(2, 2, 16, 16)},
+        "srdiff": {"cond": torch.randn(2, 3, 8, 8)},
+        "regression_sr": {"cond": torch.randn(2, 3, 8, 8)},
+    }
+    for name, kw in TINY.items():
+        m = METHODS[name](**kw).eval()
+        out = m.predict(batches[name], sampler="ddim", steps=2, n_samples=2, generator=g)
+        spec = m.io_spec
+        assert set(spec.outputs) <= set(out), name
+        x = batches[name][spec.input_key]
+        want = (2, m.out_channels, *(s * spec.grid_factor for s in x.shape[2:]))
+        assert all(tuple(out[k].shape) == want for k in spec.outputs), name
+
+
+def test_diffusion_methods_declare_denoiser_schedule_and_sampler():
+    m = SegDiff(1, sampler="dpm_solver_pp", sampling_steps=7, **SEG)
+    assert isinstance(m, DiffusionMethod)
+    assert m.denoiser is m.unet and m.fast_path_target() is m.unet
+    assert m.default_sampler == "dpm_solver_pp" and m.sampling_steps == 7 and len(m.schedule) == 100
+    sr = SRDiff(in_channels=3, scale=2, **SR)
+    assert sr.denoiser is sr.unet and sr.grid_factor == 2
+    b = SMPUNet(**TINY["smp_unet"])
+    assert not isinstance(b, DiffusionMethod) and b.fast_path_target() is b.net
+
+    class NoNet(DiffusionMethod):
+        pass
+
+    with pytest.raises(NotImplementedError, match="NoNet must declare its denoiser"):
+        NoNet().fast_path_target()
+
+
+def test_sampler_names_are_checked_with_the_registry():
+    with pytest.raises(ArgumentError, match=r"sampler: unknown sampler 'euler'\. Fix: choose one of ddpm, ddim, "
+                                            r"dpm_solver_pp, analytic_dpm, paradigms"):
+        check_sampler("euler")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SegDiff(sampler="euler", **SEG)
+    check_sampler("paradigms")
+
+
+def test_default_validation_metrics_dice_and_psnr():
+    class Plain(Method):
+        def __init__(self, target_key: str = "label") -> None:
+            super().__init__()
+            self.target_key = target_key
+
+    ref = torch.zeros(2, 1, 8, 8)
+    ref[0, :, :4] = 1
+    ref[1, :, :, :2] = 1
+    pred = torch.zeros_like(ref)
+    pred[0, :, :2] = 1  # Dice 2*16/(16+32) = 2/3
+    pred[1] = ref[1]  # Dice 1
+    m = Plain()
+    assert m.validation_metrics({"label": ref}, {"prediction": pred})["dice"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m.validation_metrics({}, {"prediction": pred}) == {}
+    img = Plain("image")
+    x = torch.zeros(1, 1, 4, 4)
+    y = x + 0.2  # MSE 0.04, data range 2: PSNR = 10 log10(4 / 0.04) = 20 dB
+    assert img.validation_metrics({"image": x}, {"prediction": y})["psnr"] == pytest.approx(20.0, abs=1e-4)
+    assert img.validation_metrics({"image": x}, {"prediction": x})["psnr"] == PSNR_CAP_DB
+    with pytest.raises(ValueError, match="differ in shape; override validation_metrics"):
+        img.validation_metrics({"image": x}, {"prediction": torch.zeros(1, 1, 2, 2)})
+    assert isinstance(img, nn.Module) and img.hparams() == {"target_key": "image"}
