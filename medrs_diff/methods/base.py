@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.keys import LABEL, MASK
+from ..diffusion.process import check_spatial
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.schedules import Schedule
 from ..errors import ArgumentError, DataError
@@ -246,6 +247,28 @@ def check_sr_pair(lr: Tensor, hr: Tensor, scale: int) -> None:
             "batch", f"HR {tuple(hr.shape)} does not match LR {tuple(lr.shape)} at scale {scale}: expected "
             f"spatial size {want} with {lr.shape[1]} channel(s)", "pair each LR image with its HR image",
         )
+
+
+def mask_batch(method: Method, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+    """A segmentation method's checked ``(image, label or None)`` from a batch."""
+    image = batch[method.input_key]
+    check_spatial(image, "image")
+    method.check_input(image, "image")
+    label = batch.get(method.target_key)
+    if label is not None:
+        check_mask_pair(image, label, type(method).__name__)
+    return image, label
+
+
+def sr_batch(method: Method, batch: dict[str, Any], scale: int) -> tuple[Tensor, Tensor | None]:
+    """A super-resolution method's checked ``(lr, hr or None)`` from a batch."""
+    lr = batch[method.input_key]
+    check_spatial(lr, "LR image")
+    method.check_input(lr, "LR image")
+    hr = batch.get(method.target_key)
+    if hr is not None:
+        check_sr_pair(lr, hr, scale)
+    return lr, hr
 
 
 class DiffusionMethod(Method):

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..diffusion.process import check_spatial
 from ..errors import ArgumentError, DataError
 from ..nets.rrdb import RRDBNet
 from ..nets.smp import build_unet, load_encoder_weights
-from .base import Method, check_mask_pair, check_sr_pair
+from .base import Method, mask_batch, sr_batch
 
 
 class SMPUNet(Method):
@@ -95,13 +94,7 @@ class SMPUNet(Method):
         return self.net(x)[..., :h, :w]
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        image = batch[self.input_key]
-        check_spatial(image, "image")
-        self.check_input(image, "image")
-        label = batch.get(self.target_key)
-        if label is not None:
-            check_mask_pair(image, label, "SMPUNet")
-        return image, label
+        return mask_batch(self, batch)
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         image, label = self._inputs(batch)
@@ -172,13 +165,7 @@ class RegressionSR(Method):
         return F.interpolate(lr, scale_factor=self.scale, mode=mode, align_corners=False)
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        lr = batch[self.input_key]
-        check_spatial(lr, "LR image")
-        self.check_input(lr, "LR image")
-        hr = batch.get(self.target_key)
-        if hr is not None:
-            check_sr_pair(lr, hr, self.scale)
-        return lr, hr
+        return sr_batch(self, batch, self.scale)
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         lr, hr = self._inputs(batch)

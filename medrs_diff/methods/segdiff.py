@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 
 from ..diffusion.ensemble import fuse_mean, majority_vote, staple, variance_map
-from ..diffusion.process import DiffusionLoss, check_spatial
+from ..diffusion.process import DiffusionLoss
 from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.rrdb import RRDBEncoder
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_with_features
-from .base import DiffusionMethod, check_mask_pair, check_sampler
+from .base import DiffusionMethod, check_sampler, mask_batch
 
 FUSIONS = ("mean", "majority", "staple")
 
@@ -82,13 +82,7 @@ class SegDiff(DiffusionMethod):
 
     # -- training ---------------------------------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        image = batch[self.input_key]
-        check_spatial(image, "image")
-        self.check_input(image, "image")
-        label = batch.get(self.target_key)
-        if label is not None:
-            check_mask_pair(image, label, "SegDiff")
-        return image, label
+        return mask_batch(self, batch)
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         image, label = self._inputs(batch)

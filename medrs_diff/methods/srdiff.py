@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..diffusion.ensemble import fuse_mean, variance_map
-from ..diffusion.process import DiffusionLoss, Residual, check_spatial
+from ..diffusion.process import DiffusionLoss, Residual
 from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.conv import conv_transpose
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_with_features
-from .base import DiffusionMethod, check_sampler, check_sr_pair
+from .base import DiffusionMethod, check_sampler, sr_batch
 
 
 class SRDiff(DiffusionMethod):
@@ -109,13 +109,7 @@ class SRDiff(DiffusionMethod):
         return self.cond_proj(torch.cat(feats[2::3], 1))
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        lr = batch[self.input_key]
-        check_spatial(lr, "LR image")
-        self.check_input(lr, "LR image")
-        hr = batch.get(self.target_key)
-        if hr is not None:
-            check_sr_pair(lr, hr, self.scale)
-        return lr, hr
+        return sr_batch(self, batch, self.scale)
 
     @property
     def pretraining(self) -> bool:
