@@ -284,7 +284,8 @@ def evaluate_seg(cases: list[Case], opts: SegOptions) -> TaskResult:
                     "surface_dice": float(sd["surface_dice"][0]),
                 }
             if binary_task:
-                fov = None if lm is None else mask_on_grid(lm, lr, ref.shape, assume_same_grid=opts.assume_same_grid)[None]
+                fov = None if lm is None else mask_on_grid(lm, lr, ref.shape,
+                                                           assume_same_grid=opts.assume_same_grid)[None]
                 score_map = pred if prob else labels.astype(np.float64)
                 ref_b = ref[None]
                 ps = M.pixel_scores(score_map[None], ref_b, fov, opts.threshold)
