@@ -33,10 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for evaluation_<task>.csv/.json (default: <PRED>_evaluation beside PRED, "
                              "else ./evaluation_out)")
+    parser.add_argument("--assume-same-grid", action="store_true",
+                        help="accept a prediction or mask without geometry (.npy, PNG, plain TIFF) for a NIfTI / "
+                             "GeoTIFF reference (or the other way round) and skip the transposed / flipped check of "
+                             "geometry-less label maps: you vouch that both hold the same stored array order "
+                             "(NIfTI: x, y, z as nibabel's dataobj; rasters: (band, y, x), row 0 at the top)")
     g = parser.add_argument_group("seg")
     g.add_argument("--spacing", type=float, nargs="+", default=None,
                    help="voxel spacing in mm per axis, overriding the file header")
-    g.add_argument("--labels", type=int, nargs="+", default=None, help="labels to score (default: all found)")
+    g.add_argument("--labels", type=int, nargs="+", default=None,
+                   help="labels to score (default: every non-zero label of the references); a label listed "
+                        "here is accepted in predictions even when no reference has it")
+    g.add_argument("--label-map", nargs="+", default=None, metavar="FROM:TO",
+                   help="map prediction labels to reference labels before scoring, e.g. --label-map 255:1 for "
+                        "0/255 masks (a prediction label that no reference has is refused otherwise)")
     g.add_argument("--brats", action="store_true", help="score BraTS regions WT/TC/ET instead of labels")
     g.add_argument("--et-label", type=int, default=_default("seg", "et_label"), choices=(3, 4),
                    help="enhancing-tumour label (BraTS)")

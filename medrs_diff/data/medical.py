@@ -38,6 +38,7 @@ from ..io.nifti import load_nifti_image
 from . import keys as K
 from .errors import DataError, require_file
 from .scaling import ScalingSpec, resolve
+from .seeding import EpochAware, seed_transforms
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -179,12 +180,26 @@ class SafeLoadImaged(LoadImaged):
                             "check that it is a complete, uncorrupted image file (re-export it)") from exc
 
 
-class CheckedDataset(Dataset):
-    """MONAI Dataset whose items raise ``DataError`` directly (not wrapped in RuntimeError)."""
+class CheckedDataset(EpochAware, Dataset):
+    """MONAI Dataset whose items raise ``DataError`` directly (not wrapped in RuntimeError).
+
+    With ``seed`` set, the random transforms are reseeded before each item from ``(seed, epoch, index)``
+    (:func:`~medrs_diff.data.seeding.item_seed`), so an item's patch depends neither on the items loaded
+    before it nor on the worker, and a mid-epoch resume that skips items draws the same patches.
+    ``set_epoch`` / ``follow(sampler)`` give the epoch.
+    """
+
+    def __init__(self, data: Sequence[Any], transform: Any = None, seed: int | None = None) -> None:
+        super().__init__(data, transform)
+        self.seed = seed
 
     def _transform(self, index: int) -> Any:
         item = self.data[index]
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        if self.seed is not None:
+            seed_transforms(self.transform, self.seed, self.current_epoch(), index)
+        return self.transform(item)
 
 
 def medical_transforms(
@@ -307,9 +322,13 @@ def validate_records(records: Sequence[Mapping[str, Any]], file_keys: Sequence[s
 
 
 def medical_dataset(records: Sequence[Mapping[str, Any]], transforms: Compose,
-                    file_keys: Sequence[str] | None = None, check_geometry: bool = True) -> CheckedDataset:
-    """A MONAI Dataset over validated NIfTI records (missing files and grid mismatches fail up front)."""
-    return CheckedDataset(validate_records(records, file_keys, check_geometry), transforms)
+                    file_keys: Sequence[str] | None = None, check_geometry: bool = True,
+                    seed: int | None = None) -> CheckedDataset:
+    """A MONAI Dataset over validated NIfTI records (missing files and grid mismatches fail up front).
+
+    ``seed``: random transforms are reseeded per item from ``(seed, epoch, index)`` (see :class:`CheckedDataset`).
+    """
+    return CheckedDataset(validate_records(records, file_keys, check_geometry), transforms, seed=seed)
 
 
 def _stem(p: Path) -> str:

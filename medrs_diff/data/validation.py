@@ -158,15 +158,19 @@ def scan_geotiff(path: PathLike) -> FileStats:
 
 
 # ------------------------------------------------------------------------------------------ checks
-NONFINITE_FIX = ("replace them in the file (e.g. numpy.nan_to_num, or mark them nodata), or remove this case; "
-                 "training never fills them in silently")
+NONFINITE_FIX = {
+    "voxel": "replace them in the file (e.g. numpy.nan_to_num) or remove this case; training never fills them in "
+             "silently",
+    "pixel": "write them as the file's nodata value (or give the file a nodata value), or remove this scene; "
+             "training never fills them in silently",
+}
 
 
 def check_finite(stats: FileStats, what: str = "image", unit: str = "voxel") -> None:
     """``DataError`` naming the file and the counts if it holds NaN / inf values."""
     if stats.nonfinite:
         raise DataError(stats.path, f"{what} holds {stats.nonfinite} non-finite {unit}(s) "
-                        f"({stats.describe_nonfinite()})", NONFINITE_FIX)
+                        f"({stats.describe_nonfinite()})", NONFINITE_FIX.get(unit, NONFINITE_FIX["voxel"]))
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class LabelSpec:
 
     values: tuple[float, ...] = (0.0, 1.0)
     mask_255: bool = False  # binary masks may also be stored as {0, 255} (read as {0, 1})
-    origin: str = "binary masks"
+    origin: str = "binary masks: the default"
 
     @property
     def binary(self) -> bool:
@@ -216,15 +220,16 @@ def label_spec(label_values: Sequence[float] | None = None, num_classes: int | N
         if num_classes is not None and num_classes != len(vals):
             raise ArgumentError(where, f"num_classes={num_classes} disagrees with the {len(vals)} label_values "
                                 f"{_fmt_set(vals)}", "give one of the two, or make them agree")
-        spec_values, origin = tuple(sorted(vals)), f"label_values {_fmt_set(vals)}"
+        spec_values, origin = tuple(sorted(vals)), "label_values"
     elif num_classes is not None:
         spec_values, origin = tuple(float(v) for v in range(int(num_classes))), f"num_classes={num_classes}"
     else:
-        spec_values, origin = (0.0, 1.0), "binary masks"
+        spec_values, origin = (0.0, 1.0), "binary masks: the default"
     spec = LabelSpec(spec_values, bool(mask_255), origin)
     if spec.mask_255 and not spec.binary:
         raise ArgumentError(where, f"mask_255 is for binary masks stored as {{0, 255}}, but the labels declare "
-                            f"{origin}", "drop mask_255, or list 255 among label_values")
+                            f"classes {_fmt_set(spec_values)} ({origin})",
+                            "drop mask_255 (it only applies to {0, 1} masks)")
     return spec
 
 
@@ -233,8 +238,8 @@ def check_label_values(stats: FileStats, spec: LabelSpec) -> None:
     check_finite(stats, "label map")
     if stats.many_values or stats.values is None:
         raise DataError(stats.path, f"label map holds more than {MAX_VALUES} distinct values: it is not a label "
-                        f"map of {spec.origin}", "pass the mask / label file (class indices), not an image or a "
-                        "probability map")
+                        f"map of the declared classes {_fmt_set(spec.values)}",
+                        "pass the mask / label file (class indices), not an image or a probability map")
     found = set(stats.values)
     accepted = spec.accepted()
     if any(found <= ok for ok in accepted):
@@ -253,8 +258,8 @@ def check_label_values(stats: FileStats, spec: LabelSpec) -> None:
                "or `num_classes: K` (the method must support them)")
     else:
         fix = "declare every class with `label_values` / `num_classes`, or fix the file"
-    raise DataError(stats.path, f"label map holds value(s) {_fmt_set(bad)} not among the declared {spec.origin} "
-                    f"(values found: {_fmt_set(found)})", fix)
+    raise DataError(stats.path, f"label map holds value(s) {_fmt_set(bad)} outside the declared classes "
+                    f"{_fmt_set(spec.values)} ({spec.origin}; values found: {_fmt_set(found)})", fix)
 
 
 def validate_segmentation_files(records: Sequence[dict[str, Any]], image_keys: Sequence[str],

@@ -10,6 +10,13 @@ Resume: the training loader reports how many batches of the current epoch it has
 (``state_dict``), Lightning saves that in the checkpoint and hands it back on resume, and the loader
 then skips exactly those samples (at the sampler, without loading them). Lightning only does this for
 loaders that implement ``state_dict`` / ``load_state_dict``; a plain DataLoader restarts the epoch.
+
+Random augmentations and resume: skipped samples are never loaded, so an augmentation whose random
+state advances per loaded sample (MONAI random transforms keep their own ``RandomState``) would
+draw differently after a resume. A dataset makes its augmentation exact at any step by reseeding it
+per item from ``(seed, epoch, index)`` (:mod:`medrs_diff.data.seeding`), reading the epoch from the
+loader's sampler, which Lightning advances (as :class:`~medrs_diff.datamodules.nifti.NiftiSegmentationDataModule`
+does).
 """
 
 from __future__ import annotations

@@ -124,11 +124,12 @@ def has_geometry(x: io.ArrayFile) -> bool:
 
 def _describe(x: io.ArrayFile) -> str:
     g = x.geometry
+    what = f"{'an' if x.kind[:1] in 'aeiou' else 'a'} {x.kind} file"
     if g.affine is not None:
-        return f"a {x.kind} file with an affine"
+        return f"{what} with an affine"
     if g.crs is not None or g.transform is not None:
-        return f"a {x.kind} file with a map transform"
-    return f"a {x.kind} file without geometry"
+        return f"{what} with a map transform"
+    return f"{what} without geometry"
 
 
 def check_geometry_kinds(x: io.ArrayFile, ref: io.ArrayFile, role: str, *, assume_same_grid: bool = False) -> None:

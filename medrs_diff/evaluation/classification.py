@@ -1,7 +1,9 @@
 """Task ``class``: integer class maps or label vectors scored with OA, AA, Cohen's kappa, per-class recall.
 
 The confusion matrix is summed over the whole test set; the mask selects the pixels to score and
-``ignore_index`` drops a reference label. Without ``num_classes`` it is the largest label + 1 (>= 2).
+``ignore_index`` drops a reference label. Without ``num_classes`` it is the largest reference label + 1
+(>= 2), and a prediction class above it (0/255 maps) is refused. Geometry-less class maps that match
+far better once transposed or flipped are refused unless ``assume_same_grid``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import metrics as M
-from ..errors import ArgumentError
-from .arrays import check_pair, iter_cases, label_map, load, mask_on_grid, require_finite, scoring
+from ..errors import ArgumentError, DataError
+from .arrays import (
+    check_orientation,
+    check_pair,
+    has_geometry,
+    iter_cases,
+    label_map,
+    load,
+    mask_on_grid,
+    require_finite,
+    scoring,
+)
 from .options import CommonOptions, flag
 from .pairing import Case
 from .report import TaskResult
@@ -40,14 +52,25 @@ class ClassOptions(CommonOptions):
 
 
 def _num_classes(cases: list[Case], ignore_index: int | None) -> int:
-    top = 0
+    """Largest reference class + 1 (>= 2); a prediction class above every reference class is refused."""
+    top, preds = 0, []
     for case in cases:
         for path, role in ((case.pred, "prediction"), (case.ref, "reference")):
             f = load(path, role)
             require_finite(f, role)
             d = f.data
             valid = d[d != ignore_index] if ignore_index is not None else d
-            top = max(top, int(valid.max()) if valid.size else 0)
+            biggest = int(valid.max()) if valid.size else 0
+            if role == "reference":
+                top = max(top, biggest)
+            else:
+                preds.append((path, biggest))
+    for path, biggest in preds:
+        if biggest > top:
+            raise DataError(path, f"prediction holds class {biggest}, above every reference class (largest "
+                            f"{top}): counting it would add classes no reference has",
+                            "write the reference's class codes, or pass --num-classes N (num_classes=N) if the "
+                            "classes really go up to N-1")
     return max(top + 1, 2)
 
 
@@ -66,8 +89,11 @@ def evaluate_class(cases: list[Case], opts: ClassOptions) -> TaskResult:
         require_finite(lr, "reference")
         check_pair(lp, lr, assume_same_grid=opts.assume_same_grid)
         p, r = lp.data.astype(np.float64), lr.data.astype(np.float64)
+        if not opts.assume_same_grid and not (has_geometry(lp) and has_geometry(lr)):
+            check_orientation(lp, lr, label_map(lp)[0], label_map(lr)[0])
         if lm is not None:
-            keep = mask_on_grid(lm, lr, label_map(lr)[0].shape, assume_same_grid=opts.assume_same_grid).reshape(r.shape)
+            keep = mask_on_grid(lm, lr, label_map(lr)[0].shape,
+                                assume_same_grid=opts.assume_same_grid).reshape(r.shape)
             p, r = p[keep], r[keep]
         with scoring(case):
             cm = M.confusion_matrix(p, r, num_classes, opts.ignore_index)

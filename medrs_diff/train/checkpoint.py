@@ -34,6 +34,7 @@ import os
 import pickle
 import random
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,16 @@ __all__ = [
     "canonical_class_path",
     "canonical_method_config",
     "capture_rng_state",
+    "check_finite_checkpoint",
     "checkpoint_data_config",
     "checkpoint_method_config",
+    "checkpoint_nonfinite",
     "class_path_of",
+    "clean_stale_temporaries",
     "ema_state_dict",
     "load_method_from_checkpoint",
     "method_config",
+    "nonfinite_tensors",
     "read_checkpoint",
     "resolve_method_class",
     "restore_rng_state",
@@ -125,10 +130,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint does not take storage_options")
-        protocol = get_filesystem(path).protocol
-        if "file" not in ((protocol,) if isinstance(protocol, str) else tuple(protocol)):
+        bad = checkpoint_nonfinite(checkpoint)
+        if bad:  # DiffusionTask refuses earlier on every rank; this also covers weights-only checkpoints
+            raise CheckpointError(path, f"refused to write it: the weights hold NaN / inf in {len(bad)} tensor(s) "
+                                  f"({_describe(bad)}); training diverged", "resume from the last checkpoint "
+                                  "written (it is intact) with a lower model.init_args.lr or trainer.gradient_clip_val")
+        if not _is_local(path):
             return super().save_checkpoint(checkpoint, path)
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Local files go through :func:`read_checkpoint` (one-line errors for a missing, empty, truncated,
+        foreign or code-carrying file); remote ones through Lightning."""
+        if not _is_local(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return read_checkpoint(path, map_location=map_location, trusted=weights_only is False)
+
+
+def _is_local(path: Any) -> bool:
+    protocol = get_filesystem(path).protocol
+    return "file" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
 
 
 def install_atomic_io(trainer: Any) -> bool:
@@ -143,26 +164,154 @@ def install_atomic_io(trainer: Any) -> bool:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted: bool = False) -> dict[str, Any]:
-    """Load a checkpoint file with clear errors. ``trusted=False`` uses ``torch.load(weights_only=True)``."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(p, "checkpoint file not found", "check the path (e.g. <log_dir>/checkpoints/last.ckpt)")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's (default) zip archive
+_PICKLE_PROTO = 0x80  # a pickle stream (torch's legacy format, or a plain pickle.dump)
+
+
+def _unsupported_global(err: BaseException) -> str | None:
+    """The blocked ``module.name`` a weights-only load refused, when the error names one."""
+    import re
+
+    m = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(err))
+    return (m.group(1) or m.group(2)).rstrip(".,") if m else None
+
+
+def _pickle_globals(path: Path, limit: int = 4) -> list[str]:
+    """The ``module.name`` callables a pickle stream imports (GLOBAL / STACK_GLOBAL), parsed with
+    :mod:`pickletools` (nothing is executed or imported); ``[]`` when none or unparsable."""
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str] = []
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=not trusted)
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL" and isinstance(arg, str):
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+                if len(found) >= limit or op.name == "STOP":
+                    break
+    except Exception:  # noqa: BLE001 - a damaged stream: report what was found so far
+        pass
+    return found
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file with clear errors. ``trusted=False`` uses ``torch.load(weights_only=True)``.
+
+    Every failure is a one-line :class:`CheckpointError` naming the file: missing, a folder, empty,
+    truncated / corrupted, not a PyTorch checkpoint at all (random bytes, text, a plain pickle), or a
+    checkpoint holding Python objects a weights-only load refuses (the object is named; loading it
+    would run code).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(p, "checkpoint file not found", "check the path (e.g. <log_dir>/checkpoints/last.ckpt)")
+    if not p.is_file():
+        raise CheckpointError(p, "is a folder, not a checkpoint file", "pass a .ckpt file (e.g. <folder>/last.ckpt)")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise CheckpointError(p, f"cannot be read ({err.strerror or err})", "check the file permissions") from err
+    if not head:
+        raise CheckpointError(p, "is empty (0 bytes), probably left by an interrupted write",
+                              "delete it and use the previous checkpoint (e.g. last.ckpt or an earlier step)")
+    is_zip, is_pickle = head == _ZIP_MAGIC, head[0] == _PICKLE_PROTO
+    if not (is_zip or is_pickle):
+        raise CheckpointError(p, f"is not a PyTorch checkpoint (its first bytes {head!r} are neither a torch.save "
+                              "archive nor a pickle)", "pass a .ckpt file written by `medrs-diff fit`")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(p, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as err:
+        blocked = _unsupported_global(err) or next(iter(_pickle_globals(p) if is_pickle else []), None)
+        if blocked is not None:
+            raise CheckpointError(
+                p, f"holds a Python object ({blocked}) that is not a tensor or plain data: loading it would run "
+                "code, so it is refused", "use a checkpoint written by `medrs-diff fit`; only for a file you made "
+                "yourself, read_checkpoint(path, trusted=True) loads it anyway",
+            ) from err
+        what = "a truncated or corrupted checkpoint" if is_zip else "not a PyTorch checkpoint (a pickle of other data)"
+        raise CheckpointError(p, f"is {what}", "pass a .ckpt file written by `medrs-diff fit` (e.g. last.ckpt or "
+                              "an earlier step)") from err
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, TypeError) as err:
+        detail = " ".join(str(err).split()).split(". ")[0][:160]
         raise CheckpointError(
-            p, f"holds objects that a weights-only load refuses ({str(err).splitlines()[0]})",
-            "load it with trusted=True only if you trust where the file comes from",
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(
-            p, f"is not a readable PyTorch checkpoint, probably truncated or corrupted ({err})",
-            "use the previous checkpoint (e.g. last.ckpt or an earlier step) or re-run training",
+            p, f"is not a readable PyTorch checkpoint, probably truncated or corrupted ({type(err).__name__}: "
+            f"{detail})", "use the previous checkpoint (e.g. last.ckpt or an earlier step) or re-run training",
         ) from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(p, f"holds a {type(ckpt).__name__}, not a checkpoint dict", "pass a Lightning .ckpt file")
     return upgrade_checkpoint(ckpt)
+
+
+# -- finite weights ----------------------------------------------------------------------------------
+def nonfinite_tensors(state: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"<prefix><key> (n NaN, m inf of size)"`` for every floating tensor of ``state`` holding NaN or inf."""
+    bad = []
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel():
+            finite = torch.isfinite(v)
+            if not bool(finite.all()):
+                n_nan = int(torch.isnan(v).sum())
+                n_inf = int((~finite).sum()) - n_nan
+                bad.append(f"{prefix}{k} ({n_nan} NaN, {n_inf} inf of {v.numel()})")
+    return bad
+
+
+def checkpoint_nonfinite(ckpt: Mapping[str, Any]) -> list[str]:
+    """The non-finite tensors of a checkpoint's method weights (``state_dict`` ``method.*``) and EMA weights."""
+    raw = ckpt.get("state_dict")
+    bad = []
+    if isinstance(raw, Mapping):
+        bad += nonfinite_tensors({k: v for k, v in raw.items() if k.startswith("method.")})
+    for state in (ckpt.get("callbacks") or {}).values():
+        shadow = state.get("shadow") if isinstance(state, Mapping) else None
+        if state.get("format") == EMA_FORMAT and isinstance(shadow, Mapping):
+            bad += nonfinite_tensors(shadow, prefix="EMA ")
+    return bad
+
+
+def check_finite_checkpoint(ckpt: Mapping[str, Any], where: str | os.PathLike | None) -> None:
+    """Raise :class:`CheckpointError` naming the file and the tensors when any weight is NaN or inf."""
+    bad = checkpoint_nonfinite(ckpt)
+    if bad:
+        raise CheckpointError(
+            where, f"holds non-finite weights (NaN / inf) in {len(bad)} tensor(s): {_describe(bad)}; a model "
+            "loaded from it would output garbage", "the run diverged before this checkpoint was written: use an "
+            "earlier checkpoint, and retrain from it with a lower model.init_args.lr or trainer.gradient_clip_val",
+        )
+
+
+# -- temporary files ---------------------------------------------------------------------------------
+#: A temporary checkpoint untouched for this long is left by a killed writer (a live write updates it).
+STALE_TMP_SECONDS = 300.0
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, min_age_s: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete the ``.tmp-*`` files an interrupted atomic write left in ``folder`` (not modified for
+    ``min_age_s`` seconds, so a write in progress elsewhere is kept); returns the deleted paths."""
+    import time
+
+    from ..io.atomic import is_temporary
+
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    now, removed = time.time(), []
+    for f in root.iterdir():
+        try:
+            if is_temporary(f) and f.is_file() and now - f.stat().st_mtime >= min_age_s:
+                f.unlink()
+                removed.append(f)
+        except OSError:  # vanished or not ours to delete: leave it
+            continue
+    return removed
 
 
 # -- class paths -----------------------------------------------------------------------------------
@@ -385,10 +534,11 @@ def load_method_from_checkpoint(
     ``expected``: a method class, class path, class name or ``name`` (``"segdiff"``) the checkpoint
     must hold. ``ema``: None uses the EMA weights when the checkpoint has them (else the raw weights),
     True requires them, False loads the raw training weights. Errors name the file, the method found
-    versus expected, and the missing / unexpected keys.
+    versus expected, the missing / unexpected keys, and any NaN / inf weights (model or EMA: refused).
     """
     ckpt = read_checkpoint(path, map_location=map_location, trusted=trusted)
     cfg = checkpoint_method_config(ckpt, path)
+    check_finite_checkpoint(ckpt, path)
     record = ckpt.get("medrs_diff") or {}
     found_name = record.get("method_name") if isinstance(record, Mapping) else None
     cls = resolve_method_class(cfg["class_path"], path)  # refuses unknown classes before importing anything

@@ -8,6 +8,14 @@ accumulated in a torchmetrics ``MeanMetric`` weighted by batch size, which reduc
 so the logged epoch value is the mean over every validation sample, as a single process would get.
 Validation is RNG-neutral (global RNG states are put back afterwards) and checkpoints carry all RNG
 states, so a run resumed from a checkpoint continues exactly where the original would have gone.
+
+Nothing silent: a checkpoint of another method, with weights that do not fit the model, or with NaN /
+inf weights is refused before training (:meth:`DiffusionTask.check_checkpoint`). A resumed run trains
+the model the recipe describes; its settings that differ from the checkpoint's are named in a warning,
+and the optimizer / schedule ones (``lr``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio`` and the
+cosine horizon, e.g. a larger ``trainer.max_steps``) are applied to the restored optimizer state from
+the resumed step on. Training stops at the first non-finite loss (:class:`TrainingError` naming the
+step and the batch's cases), and no checkpoint with non-finite weights is ever written.
 Precision (bf16-mixed on GPU, fp32 on CPU) and gradient clipping are the trainer's settings; sampling
 always runs with autocast off.
 """
@@ -15,8 +23,9 @@ always runs with autocast off.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -24,6 +33,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
 
 from ..errors import ArgumentError, MedrsError
@@ -32,19 +42,32 @@ from ..nets.fastpath import FastPath, apply_fast_path
 from ..viz.panels import save_panel
 from .checkpoint import (
     CHECKPOINT_FORMAT,
+    EMA_FORMAT,
     CheckpointError,
     build_method,
     canonical_method_config,
     capture_rng_state,
+    check_finite_checkpoint,
     check_state_fits,
+    checkpoint_nonfinite,
     class_path_of,
+    clean_stale_temporaries,
     install_atomic_io,
     method_config,
+    resolve_method_class,
     restore_rng_state,
 )
-from .optim import param_groups, warmup_cosine
+from .optim import WarmupCosine, param_groups, warmup_cosine
 
-__all__ = ["PSNR_CAP_DB", "DiffusionTask"]
+__all__ = ["OPTIMIZER_SETTINGS", "PSNR_CAP_DB", "DiffusionTask", "TrainingError"]
+
+#: Task arguments that shape the optimizer state; changed on resume, they are applied to the restored state.
+OPTIMIZER_SETTINGS = ("lr", "weight_decay", "warmup_steps", "max_steps_for_schedule", "min_lr_ratio")
+MAX_LISTED = 8
+
+
+class TrainingError(MedrsError):
+    """Training cannot go on (a non-finite loss)."""
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 _METRICS_ATTR = "epoch_metrics"
@@ -75,6 +98,44 @@ def _method_record(method: Method, given: Mapping[str, Any] | None) -> dict[str,
         if cfg is not None and cfg["class_path"] == class_path_of(method):
             return cfg
     return method_config(method)
+
+
+def _plain(v: Any) -> Any:
+    """Values as a recipe would write them (tuples as lists), for comparing settings."""
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, Sequence) and not isinstance(v, str | bytes):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _with_defaults(cls: type, init_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``init_args`` completed with the defaults of ``cls.__init__`` (what the method was built with)."""
+    out: dict[str, Any] = {}
+    with contextlib.suppress(TypeError, ValueError):
+        for name, par in inspect.signature(cls.__init__).parameters.items():
+            if name != "self" and par.default is not inspect.Parameter.empty:
+                out[name] = par.default
+    out.update(init_args)
+    return out
+
+
+def _case_names(batch: Any) -> list[str]:
+    """The batch's case names (the data modules' ``case`` key; ``path`` as a fallback), as strings."""
+    if not isinstance(batch, Mapping):
+        return []
+    for key in ("case", "path"):
+        names = batch.get(key)
+        if isinstance(names, str):
+            return [names]
+        if isinstance(names, Sequence) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+    return []
+
+
+def _listed(items: Sequence[str]) -> str:
+    more = f" ... (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
 
 
 class DiffusionTask(L.LightningModule):
@@ -141,6 +202,7 @@ class DiffusionTask(L.LightningModule):
         self._rng_to_restore: list[dict[str, Any]] | None = None
         self._val_rng_stash: dict[str, Any] | None = None
         self._panel_done = False
+        self._resumed_from: str | None = None  # the checkpoint this fit resumed from (set by on_load_checkpoint)
 
     # -- setup --------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -149,8 +211,17 @@ class DiffusionTask(L.LightningModule):
     def on_fit_start(self) -> None:
         self._train_generator = torch.Generator(device=self.device)
         self._train_generator.manual_seed(int(self.seed) * 1_000_003 + 7_919 * int(self.global_rank) + 1)
+        if self.trainer.is_global_zero:  # temporary checkpoints a killed run left behind
+            for cb in self.trainer.checkpoint_callbacks:
+                folder = getattr(cb, "dirpath", None)
+                if folder:
+                    removed = clean_stale_temporaries(folder)
+                    if removed:
+                        rank_zero_warn(f"removed {len(removed)} temporary checkpoint file(s) left in {folder} by an "
+                                       f"interrupted run: {_listed([f.name for f in removed])}")
 
     def on_train_start(self) -> None:
+        self._apply_optimizer_settings()
         states, self._rng_to_restore = self._rng_to_restore, None
         if not states:
             return
@@ -175,6 +246,49 @@ class DiffusionTask(L.LightningModule):
         sched = warmup_cosine(opt, self.warmup_steps, self._schedule_horizon(), self.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
+    def _apply_optimizer_settings(self) -> list[str]:
+        """After a resume: put this run's optimizer settings into the restored optimizer / schedule state
+        (Lightning restores the checkpoint's lr, weight decay and schedule over them). Returns and warns
+        the changes, e.g. ``["lr 0.002 -> 0.5"]``; nothing changes when the settings are the checkpoint's."""
+        where, self._resumed_from = self._resumed_from, None
+        trainer = self._trainer
+        own_optimizer = type(self).configure_optimizers is DiffusionTask.configure_optimizers
+        if where is None or trainer is None or not own_optimizer:
+            return []
+        if len(trainer.optimizers) != 1 or len(trainer.lr_scheduler_configs) != 1:
+            return []
+        opt, sched = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+        want = param_groups(self.method, self.weight_decay)
+        if (not isinstance(sched, LambdaLR) or len(want) != len(opt.param_groups)
+                or not all(isinstance(f, WarmupCosine) for f in sched.lr_lambdas)):
+            return []
+        fn = WarmupCosine(self.warmup_steps, self._schedule_horizon(), self.min_lr_ratio)
+        changes: dict[str, str] = {}
+        for i, (group, wanted) in enumerate(zip(opt.param_groups, want, strict=True)):
+            old = sched.lr_lambdas[i]
+            if sched.base_lrs[i] != self.lr:
+                changes.setdefault("lr", f"lr {sched.base_lrs[i]:g} -> {self.lr:g}")
+                sched.base_lrs[i] = group["initial_lr"] = self.lr
+            if group.get("weight_decay") != wanted["weight_decay"]:
+                changes.setdefault("wd", f"weight_decay {group.get('weight_decay'):g} -> {wanted['weight_decay']:g}")
+                group["weight_decay"] = wanted["weight_decay"]
+            for attr, label in (("warmup_steps", "warmup_steps"), ("total_steps", "schedule horizon (steps)"),
+                                ("min_ratio", "min_lr_ratio")):
+                if getattr(old, attr) != getattr(fn, attr):
+                    changes.setdefault(attr, f"{label} {getattr(old, attr)} -> {getattr(fn, attr)}")
+            if (old.warmup_steps, old.total_steps, old.min_ratio) != (fn.warmup_steps, fn.total_steps, fn.min_ratio):
+                sched.lr_lambdas[i] = WarmupCosine(fn.warmup_steps, fn.total_steps, fn.min_ratio)
+        if changes:
+            for i, group in enumerate(opt.param_groups):
+                group["lr"] = sched.base_lrs[i] * sched.lr_lambdas[i](sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in opt.param_groups]
+            rank_zero_warn(
+                f"{where}: resumed with optimizer settings that differ from the checkpoint's; applied from step "
+                f"{self.global_step} on: {'; '.join(changes.values())} (learning rate now "
+                f"{opt.param_groups[0]['lr']:.4g})"
+            )
+        return list(changes.values())
+
     def _schedule_horizon(self) -> int | None:
         if self.max_steps_for_schedule is not None:
             return int(self.max_steps_for_schedule)
@@ -188,12 +302,34 @@ class DiffusionTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, logs = self.method.loss(batch, generator=self._train_generator)
+        self._check_finite_loss(loss, batch, batch_idx)
         bs = self._batch_size(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in logs.items():
             if k != "loss":
                 self.log(f"train/{k}", v, batch_size=bs)
         return loss
+
+    def _check_finite_loss(self, loss: Tensor, batch: Any, batch_idx: int) -> None:
+        """Raise :class:`TrainingError` (on every rank, before any backward pass) when a loss is NaN / inf."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        everywhere = trainer.strategy.reduce_boolean_decision(finite, all=True) if trainer is not None else finite
+        if everywhere:
+            return
+        step, epoch = self.global_step, self.current_epoch
+        if finite:
+            raise TrainingError(f"training step {step}", "another process got a non-finite loss (its error names "
+                                "the cases); training stopped", "see the error of the other process")
+        cases = _case_names(batch)
+        names = f"the batch of case(s) {_listed(cases)}" if cases else "a batch without case names"
+        raise TrainingError(
+            f"training step {step}",
+            f"the loss is {float(loss.detach().float().mean())} on {names} (batch {batch_idx} of epoch {epoch}); "
+            "training stopped before updating the weights (no checkpoint of this step is written)",
+            "check those cases for NaN / inf voxels or labels outside the declared classes; if the data are fine, "
+            "resume from the last checkpoint with a lower model.init_args.lr or trainer.gradient_clip_val",
+        )
 
     # -- evaluation -----------------------------------------------------------------------------------
     def _batch_size(self, batch: dict[str, Any]) -> int | None:
@@ -324,11 +460,18 @@ class DiffusionTask(L.LightningModule):
             "method_name": self.method.name,
         }
         checkpoint["rng_states"] = self._rng_states()
+        bad = checkpoint_nonfinite(checkpoint)
+        if bad:
+            raise CheckpointError(
+                f"checkpoint at global step {self.global_step}",
+                f"refused to write it: the weights hold NaN / inf in {len(bad)} tensor(s) ({_listed(bad)}); training "
+                "diverged", "resume from the last checkpoint written (it is intact) with a lower model.init_args.lr "
+                "or trainer.gradient_clip_val",
+            )
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        where = "checkpoint"
-        if self._trainer is not None and self._trainer.ckpt_path:
-            where = str(self._trainer.ckpt_path)
+    def check_checkpoint(self, checkpoint: Mapping[str, Any], where: str | os.PathLike = "checkpoint") -> None:
+        """Raise :class:`CheckpointError` unless ``checkpoint`` can resume / be loaded into this task: the same
+        method class, weights (and EMA weights) that fit the model, and no NaN / inf weight."""
         record = checkpoint.get("medrs_diff")
         mine = class_path_of(self.method)
         if isinstance(record, Mapping) and isinstance(record.get("method"), Mapping):
@@ -348,5 +491,49 @@ class DiffusionTask(L.LightningModule):
             raise CheckpointError(where, "has no 'state_dict'", "pass a Lightning checkpoint from `medrs-diff fit`")
         check_state_fits(self.method, {k[7:]: v for k, v in raw.items() if k.startswith("method.")}, where,
                          "model weights")
-        self._rng_to_restore = checkpoint.get("rng_states")
+        for state in (checkpoint.get("callbacks") or {}).values():
+            if isinstance(state, Mapping) and state.get("format") == EMA_FORMAT and state.get("shadow"):
+                shadow = dict(state["shadow"])
+                if all(k.startswith("method.") for k in shadow):  # EMA(attr=None) averages the whole task
+                    shadow = {k[7:]: v for k, v in shadow.items()}
+                check_state_fits(self.method, shadow, where, "EMA weights")
+        check_finite_checkpoint(checkpoint, where)
 
+    def changed_settings(self, checkpoint: Mapping[str, Any]) -> list[str]:
+        """This task's settings that differ from the ones ``checkpoint`` was trained with, e.g.
+        ``["lr: 0.002 -> 0.5", "method.n_samples: 5 -> 3"]`` (method arguments with their defaults)."""
+        hp = checkpoint.get("hyper_parameters")
+        if not isinstance(hp, Mapping):
+            return []
+        out = []
+        for key, now in self.hparams.items():
+            if key != "method" and key in hp and _plain(hp[key]) != _plain(now):
+                out.append(f"{key}: {hp[key]!r} -> {now!r}")
+        stored = hp.get("method")
+        if isinstance(stored, Mapping) and isinstance(stored.get("init_args"), Mapping):
+            try:
+                cls = resolve_method_class(stored.get("class_path", ""))
+            except MedrsError:
+                cls = None
+            if cls is type(self.method):
+                then = _with_defaults(cls, stored["init_args"])
+                for key, now in self.method.hparams().items():
+                    if key in then and _plain(then[key]) != _plain(now):
+                        out.append(f"method.{key}: {then[key]!r} -> {now!r}")
+        return out
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        where = "checkpoint"
+        if self._trainer is not None and self._trainer.ckpt_path:
+            where = str(self._trainer.ckpt_path)
+        self.check_checkpoint(checkpoint, where)
+        self._rng_to_restore = checkpoint.get("rng_states")
+        if self._trainer is None:  # load_from_checkpoint: the task is rebuilt from the stored settings
+            return
+        self._resumed_from = where
+        changed = self.changed_settings(checkpoint)
+        if changed:
+            optim = [c for c in changed if c.split(":", 1)[0] in OPTIMIZER_SETTINGS]
+            note = " (the optimizer ones are applied to the restored optimizer state)" if optim else ""
+            rank_zero_warn(f"{where}: this run's settings differ from the checkpoint's and are used as given now"
+                           f"{note}: {'; '.join(changed)}")

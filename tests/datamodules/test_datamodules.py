@@ -41,7 +41,8 @@ def test_nifti_segmentation_module_on_phantoms(tmp_path):
     dm.setup("fit")
     assert len(dm.train_dataset) == 3 and len(dm.val_dataset) == 2
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "label"} and batch["image"].shape == (2, 1, 24, 20)
+    assert set(batch) == {"image", "label", "case"} and batch["image"].shape == (2, 1, 24, 20)
+    assert all(isinstance(c, str) and c.endswith("_image.nii.gz") for c in batch["case"])
     assert batch["label"].dtype == torch.float32 and set(batch["label"].unique().tolist()) <= {0.0, 1.0}
     # z-score scaling puts each image at mean ~0
     assert abs(float(dm.val_dataset[0]["image"].mean())) < 1e-3
