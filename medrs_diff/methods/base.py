@@ -191,7 +191,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def validation_metrics(self, batch: Mapping[str, Any], out: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Scalar metrics of one batch (means over the batch). Default: Dice for ``label`` / ``mask`` targets,
+        """Scalar metrics of one batch (means over the batch). Default: Dice for ``label`` / ``mask`` targets (mean
+        over the foreground classes when the method has ``num_classes`` > 2),
         PSNR for image targets (model space [-1, 1], data range 2, capped at 100 dB); empty without a target."""
         key = self.target_key
         ref = batch.get(key)
@@ -205,6 +206,11 @@ class Method(nn.Module):
                 "differ in shape; override validation_metrics(batch, out) on the method to compare them"
             )
         if key in (LABEL, MASK):
+            k = int(getattr(self, "num_classes", 2))
+            if k > 2:  # class-index maps: mean Dice over the foreground classes 1 .. K-1
+                scores = [dice((pred == c).flatten(1), (ref.round() == c).flatten(1)).float().mean()
+                          for c in range(1, k)]
+                return {"dice": torch.stack(scores).mean()}
             flat = (pred.shape[0] * pred.shape[1], *pred.shape[2:])
             return {"dice": dice(pred.reshape(flat), (ref > 0.5).reshape(flat), threshold=0.5).float().mean()}
         return {"psnr": psnr(pred, ref, data_range=2.0).clamp(max=PSNR_CAP_DB).float().mean()}

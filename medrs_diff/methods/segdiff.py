@@ -5,8 +5,10 @@ to features that are **added** to the noisy-mask features F(x_t) right after the
 convolution (not concatenated); eps-MSE with fixed variances; T = 100 steps with the linear
 schedule; at test time N stochastic samples (the paper: all 100 ancestral steps) are mapped to
 [0, 1] and fused by mean (then 0.5), majority vote or STAPLE, with their per-pixel variance as
-uncertainty (``samples`` are returned as (B, N, 1, ...), the ensemble layout). Works in 2D and 3D
-(``spatial_dims``). Binary masks (one foreground channel).
+uncertainty (``samples`` are returned as (B, N, C, ...), the ensemble layout). Works in 2D and 3D
+(``spatial_dims``). Binary masks diffuse one foreground channel; ``num_classes`` K >= 3 diffuses K
+one-hot channels in [-1, 1] and fuses by argmax / multi-class vote / STAPLE, with the predictive
+entropy as uncertainty (:mod:`medrs_diff.methods._segmentation`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..diffusion.ensemble import fuse_mean, majority_vote, staple, variance_map
 from ..diffusion.process import DiffusionLoss
 from ..diffusion.schedules import make_schedule
-from ..errors import ArgumentError, DataError
+from ..errors import DataError
 from ..nets.rrdb import RRDBEncoder
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_with_features
+from ._segmentation import FUSIONS, check_fusion, decode_samples, encode_mask, mask_channels
 from .base import DiffusionMethod, check_sampler, mask_batch
 
-FUSIONS = ("mean", "majority", "staple")
+__all__ = ["FUSIONS", "SegDiff"]
 
 
 class SegDiff(DiffusionMethod):
@@ -40,6 +42,7 @@ class SegDiff(DiffusionMethod):
         self,
         in_channels: int = 1,
         spatial_dims: int = 2,
+        num_classes: int = 2,
         channels: Sequence[int] = (128, 128, 256, 256),
         attention_levels: Sequence[bool] = (False, False, True, True),
         num_res_blocks: int = 2,
@@ -57,13 +60,14 @@ class SegDiff(DiffusionMethod):
     ) -> None:
         super().__init__()
         check_sampler(sampler)
-        if fusion not in FUSIONS:
-            raise ArgumentError("fusion", f"unknown fusion {fusion!r}", f"choose one of {', '.join(FUSIONS)}")
+        check_fusion(fusion)
         self.in_channels = in_channels
-        self.out_channels = 1
+        self.num_classes = num_classes
+        self.out_channels = mask_channels(num_classes)
         self.spatial_dims = spatial_dims
         self.unet = ConditionedUNet(
-            spatial_dims, 1, 1, channels, attention_levels, num_res_blocks, num_head_channels, norm_num_groups,
+            spatial_dims, self.out_channels, self.out_channels, channels, attention_levels, num_res_blocks,
+            num_head_channels, norm_num_groups,
             cond_at="conv_in",
         )
         self.encoder = RRDBEncoder(spatial_dims, in_channels, channels[0], rrdb_features, rrdb_growth, rrdb_blocks)
@@ -89,7 +93,7 @@ class SegDiff(DiffusionMethod):
         if label is None:
             raise DataError("batch", f"SegDiff training needs batch[{self.target_key!r}] (the mask)",
                             "use a data module that provides it")
-        x0 = label.float() * 2 - 1
+        x0 = encode_mask(label, self.num_classes)
         features = self.encoder(image)
         return self.objective(lambda x, t: self.unet(x, t, features=features), x0, generator=generator)
 
@@ -108,16 +112,7 @@ class SegDiff(DiffusionMethod):
         image, _ = self._inputs(batch)
         n = n_samples if n_samples is not None else self.n_samples
         samples = sample_with_features(
-            self, self.encoder(image), (image.shape[0], 1, *image.shape[2:]), n_samples=n, sampler=sampler,
-            steps=steps, generator=generator, progress=progress,
+            self, self.encoder(image), (image.shape[0], self.out_channels, *image.shape[2:]), n_samples=n,
+            sampler=sampler, steps=steps, generator=generator, progress=progress,
         )
-        probs = ((samples + 1) / 2).clamp(0, 1)  # (B, n, 1, ...) mask probabilities
-        mean = fuse_mean(probs)
-        if self.fusion == "majority":
-            fused = majority_vote((probs > 0.5).long(), num_classes=2).float()
-        elif self.fusion == "staple":
-            fused = staple((probs[:, :, 0] > 0.5).long(), num_classes=2).labels[:, None].float()
-        else:
-            fused = (mean > 0.5).float()
-        uncertainty = variance_map(probs) if n > 1 else torch.zeros_like(mean)
-        return {"prediction": fused, "probability": mean, "uncertainty": uncertainty, "samples": probs}
+        return decode_samples(samples, self.num_classes, self.fusion)

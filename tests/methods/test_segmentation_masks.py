@@ -1,0 +1,80 @@
+"""Masks as diffusion targets and ensembles back to labels (methods/_segmentation.py), binary and K-class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medrs_diff.errors import ArgumentError, DataError
+from medrs_diff.methods import SegDiff
+from medrs_diff.methods._segmentation import decode_samples, encode_mask, mask_channels, sample_probabilities
+
+TINY = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
+            norm_num_groups=8, rrdb_blocks=1, rrdb_features=16, rrdb_growth=8)
+
+
+def test_encode_binary_and_one_hot():
+    lab = torch.tensor([[[[0, 1], [1, 0]]]]).float()
+    assert torch.equal(encode_mask(lab, 2), lab * 2 - 1)
+    lab3 = torch.tensor([[[[0, 1], [2, 0]]]]).float()
+    x = encode_mask(lab3, 3)
+    assert x.shape == (1, 3, 2, 2) and set(x.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(x.argmax(1, keepdim=True).float(), lab3) and torch.equal((x > 0).sum(1), torch.ones(1, 2, 2,
+                                                                                                       dtype=torch.long))
+    assert mask_channels(2) == 1 and mask_channels(4) == 4
+
+
+@pytest.mark.parametrize("bad", [2.0, 0.37, float("nan"), -1.0])
+def test_encode_refuses_labels_outside_the_classes(bad):
+    lab = torch.zeros(1, 1, 2, 2)
+    lab[0, 0, 0, 0] = bad
+    with pytest.raises(DataError, match="outside the classes 0 .. 1"):
+        encode_mask(lab, 2)
+    with pytest.raises(ArgumentError, match="num_classes"):
+        encode_mask(lab, 1)
+
+
+def test_probabilities_renormalise_and_uniform_when_all_clipped():
+    s = torch.tensor([1.0, 0.0, -1.0]).reshape(1, 1, 3, 1, 1)  # p = 1, .5, 0 -> 2/3, 1/3, 0
+    p = sample_probabilities(s)
+    assert torch.allclose(p.flatten(), torch.tensor([2 / 3, 1 / 3, 0.0]))
+    assert torch.allclose(sample_probabilities(-torch.ones(1, 1, 4, 1, 1)).flatten(), torch.full((4,), 0.25))
+
+
+def test_decode_multiclass_fusions_on_a_hand_made_ensemble():
+    # three samples of a 1 x 3 image with 3 classes; pixel 0: votes 1,1,2; pixel 1: 0,0,0; pixel 2: 2,1,2
+    votes = torch.tensor([[1, 0, 2], [1, 0, 1], [2, 0, 2]])  # (N, W)
+    onehot = torch.nn.functional.one_hot(votes, 3).permute(0, 2, 1).float()  # (N, K, W)
+    samples = (onehot * 2 - 1)[None, :, :, None, :]  # (B=1, N=3, K=3, H=1, W=3)
+    for fusion in ("mean", "majority", "staple"):
+        out = decode_samples(samples, 3, fusion)
+        assert out["prediction"].shape == (1, 1, 1, 3)
+        assert out["prediction"].flatten().tolist() == [1.0, 0.0, 2.0], fusion
+    out = decode_samples(samples, 3)
+    assert out["probability"].shape == (1, 3, 1, 3)
+    assert torch.allclose(out["probability"][0, :, 0, 0], torch.tensor([0, 2 / 3, 1 / 3]))
+    ent = out["uncertainty"].flatten()
+    assert ent[1] == 0 and ent[0] > 0 and torch.isclose(ent[0], ent[2])  # agreement -> zero entropy
+    assert out["mutual_information"].flatten()[1] == 0
+
+
+def test_decode_binary_matches_threshold_and_variance():
+    probs = torch.tensor([0.9, 0.8, 0.2]).reshape(1, 3, 1, 1, 1)
+    out = decode_samples(probs * 2 - 1, 2)
+    assert out["prediction"].item() == 1.0
+    assert torch.isclose(out["uncertainty"].flatten()[0], probs.flatten().var())
+
+
+def test_segdiff_multiclass_shapes_and_class_probabilities():
+    torch.manual_seed(0)
+    m = SegDiff(in_channels=1, num_classes=3, **TINY).eval()
+    image = torch.randn(2, 1, 8, 8)
+    label = torch.randint(0, 3, (2, 1, 8, 8)).float()
+    loss, _ = m.loss({"image": image, "label": label})
+    assert torch.isfinite(loss) and m.unet.unet.conv_in.inner.conv.in_channels == 3
+    out = m.predict({"image": image}, sampler="ddim", steps=2, n_samples=2, generator=torch.Generator().manual_seed(0))
+    assert out["prediction"].shape == (2, 1, 8, 8) and set(out["prediction"].unique().tolist()) <= {0.0, 1.0, 2.0}
+    assert out["probability"].shape == (2, 3, 8, 8)
+    assert torch.allclose(out["probability"].sum(1), torch.ones(2, 8, 8), atol=1e-5)
+    with pytest.raises(DataError, match="outside the classes 0 .. 2"):
+        m.loss({"image": image, "label": label + 1})
