@@ -14,6 +14,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import Dataset
 from monai.transforms import (
@@ -25,6 +26,7 @@ from monai.transforms import (
     MapTransform,
     Orientationd,
     RandCropByPosNegLabeld,
+    Randomizable,
     RandSpatialCropd,
     RandSpatialCropSamplesd,
     ResizeWithPadOrCropd,
@@ -122,6 +124,37 @@ class ScaleToModeld(MapTransform):
         return d
 
 
+class RandAxialSliced(Randomizable, MapTransform):
+    """Keep one axial slice (last axis) of every key: a slice without foreground in ``label_key`` with
+    probability ``empty_fraction`` (when the volume has one), else a slice with foreground (when it has
+    one); ``empty_fraction=None`` draws any slice uniformly. The slice axis is kept (size 1)."""
+
+    def __init__(self, keys: Sequence[str], label_key: str | None = None, empty_fraction: float | None = None) -> None:
+        MapTransform.__init__(self, keys)
+        self.label_key, self.empty_fraction = label_key, empty_fraction
+        self._z = 0
+
+    def randomize(self, label: Any, depth: int) -> None:
+        if self.empty_fraction is None or label is None:
+            self._z = int(self.R.randint(depth))
+            return
+        lab = torch.as_tensor(label)
+        has_fg = (lab > 0).reshape(-1, depth).any(0).cpu().numpy()
+        empty, filled = np.flatnonzero(~has_fg), np.flatnonzero(has_fg)
+        want_empty = self.R.rand() < self.empty_fraction
+        pool = empty if (want_empty and empty.size) or not filled.size else filled
+        self._z = int(pool[self.R.randint(pool.size)])
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        depth = int(d[keys[0]].shape[-1])
+        self.randomize(d.get(self.label_key) if self.label_key else None, depth)
+        for key in keys:
+            d[key] = d[key][..., self._z : self._z + 1]
+        return d
+
+
 class CheckPatchSized(MapTransform):
     """Raise ``DataError`` if a requested patch is larger than the (resampled) image."""
 
@@ -215,6 +248,7 @@ def medical_transforms(
     num_patches: int = 1,
     pos_fraction: float | None = None,
     slices_2d: bool = False,
+    empty_slice_fraction: float | None = None,
     pad_to_patch: bool = False,
     brats_regions: bool = False,
     geometry_atol: float = 1e-3,
@@ -236,6 +270,8 @@ def medical_transforms(
         num_patches: patches (or slices) drawn per volume; > 1 returns a list of dicts.
         pos_fraction: if set (with a label), patches are centred on foreground with this probability.
         slices_2d: draw random axial slices (last axis after orientation) instead of 3D patches.
+        empty_slice_fraction: with ``slices_2d`` and a label, the share of slices drawn without foreground
+            (:class:`RandAxialSliced`; None: any slice).
         pad_to_patch: pad images smaller than the patch instead of raising ``DataError``.
         brats_regions: turn a BraTS label (1 NCR, 2 ED, 4 ET) into 3 channels TC, WT, ET.
         geometry_atol: affine tolerance (mm) for paired / stacked inputs.
@@ -270,6 +306,11 @@ def medical_transforms(
         t.append(ResizeWithPadOrCropd(out_images, spatial_size, value=-1.0))
         if label_keys:
             t.append(ResizeWithPadOrCropd(label_keys, spatial_size))
+    if empty_slice_fraction is not None and (not slices_2d or pos_fraction is not None):
+        raise DataError(None, "empty_slice_fraction applies to slices_2d without pos_fraction",
+                        "give one of empty_slice_fraction (slices) and pos_fraction (patches)")
+    if slices_2d and pos_fraction is None:
+        t.append(RandAxialSliced(out_keys, label_keys[0] if label_keys else None, empty_slice_fraction))
     if patch_size is not None or slices_2d:
         roi = list(patch_size) if patch_size is not None else [-1, -1]
         if slices_2d:
