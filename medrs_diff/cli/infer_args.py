@@ -3,7 +3,8 @@
 
 Every number is checked while parsing, with the valid range in the message (``--steps 0`` ->
 ``medrs-diff infer: error: argument --steps: must be an integer >= 1, got 0``), and ``--device cuda``
-without a visible GPU is refused there too, before a checkpoint is read.
+without a visible GPU is refused there too, before a checkpoint is read. Every input file and output
+path is then checked before the first file is computed (see ``Predictor.check_files``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the windows run (default: cuda when a GPU is visible, else cpu)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nan-policy", choices=("error", "fill", "mask"), default="error",
+                   help="NaN / Inf voxels in an input: error (refuse the file, the default), fill (set them to the "
+                        "file's finite minimum) or mask (fill them for the model, write them as nodata: NaN in float "
+                        "outputs, 0 in label outputs plus a 'valid' mask; GeoTIFF: the outputs' nodata value)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw training weights, not the EMA ones")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
 
@@ -94,5 +99,5 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
     return predictor.predict_files(
         args.input, args.output, sampler=args.sampler, steps=args.steps, n_samples=args.n_samples, seed=args.seed,
         tile=args.tile, overlap=args.overlap, batch=args.batch, progress=False if args.no_progress else None,
-        on_done=report,
+        on_done=report, nan_policy=args.nan_policy,
     )

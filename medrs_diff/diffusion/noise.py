@@ -1,9 +1,9 @@
 """Noise types: Gaussian, multi-octave simplex (AnoDDPM) and gamma (DDGM).
 
-Every generator draws on the reference tensor's device, takes a ``torch.Generator`` and gives each
-batch element its own field. Simplex noise is computed in PyTorch (3-D simplex, Gustavson's
-formulation) with a per-sample permutation table, so it is batched and runs on the GPU; a 2-D image
-takes a random z-slice of the 3-D field.
+Every generator draws on the reference tensor's device, takes a ``torch.Generator`` (or per-element
+:class:`~.generators.SampleGenerators`) and gives each batch element its own field. Simplex noise is
+computed in PyTorch (3-D simplex, Gustavson's formulation) with a per-sample permutation table, so it
+is batched and runs on the GPU; a 2-D image takes a random z-slice of the 3-D field.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .generators import GeneratorLike, SampleGenerators, generator_device, on_cpu, rand, randn, rows_per_element
 from .schedules import Schedule
 
 
-def gaussian_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def gaussian_like(x: Tensor, generator: GeneratorLike = None) -> Tensor:
     """Standard normal noise shaped like ``x``, drawn on ``x``'s device."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 # -- simplex noise --------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def simplex_noise(
     octaves: int = 6,
     persistence: float = 0.8,
     frequency: float = 2.0**-6,
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
@@ -83,12 +84,13 @@ def simplex_noise(
     if octaves < 1:
         raise ValueError("octaves must be >= 1")
     b, c, *spatial = shape
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    # Per-sample-and-channel permutation tables and random offsets: independent fields.
+    gen_device = generator_device(generator)
+    # Per-sample-and-channel permutation tables and random offsets: independent fields (drawn per
+    # sample, so per-element generators give each sample its own field whatever the batch).
     n = b * c
-    perm = torch.argsort(torch.rand(n, 256, generator=generator, device=gen_device), dim=1)
+    perm = torch.argsort(rand((b, c, 256), generator, device=gen_device).reshape(n, 256), dim=1)
     perm = torch.cat([perm, perm], 1).to(device)
-    offset = (torch.rand(n, 1, 3, generator=generator, device=gen_device) * 1024.0).to(device, dtype)
+    offset = (rand((b, c, 1, 3), generator, device=gen_device).reshape(n, 1, 3) * 1024.0).to(device, dtype)
     axes = [torch.arange(s, device=device, dtype=dtype) for s in spatial]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(spatial))
     if len(spatial) == 2:
@@ -103,7 +105,7 @@ def simplex_noise(
     return out.reshape(shape)
 
 
-def simplex_like(x: Tensor, generator: torch.Generator | None = None, **kwargs) -> Tensor:
+def simplex_like(x: Tensor, generator: GeneratorLike = None, **kwargs) -> Tensor:
     """Simplex noise shaped like ``x`` on its device (see :func:`simplex_noise`)."""
     return simplex_noise(tuple(x.shape), generator=generator, device=x.device, dtype=x.dtype, **kwargs)
 
@@ -131,35 +133,40 @@ class GammaNoise:
         self.k = schedule.betas / (ac * theta_0**2)
         self.k_bar = torch.cumsum(self.k, 0)
 
-    def _centred(self, k: Tensor, theta: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _centred(self, k: Tensor, theta: Tensor, generator: GeneratorLike) -> Tensor:
         """Draw Gamma(k, theta) on the CPU (float64), centre it and divide by its std."""
-        if generator is not None and generator.device.type != "cpu":
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-            generator = torch.Generator().manual_seed(seed)
-        sample = torch._standard_gamma(k, generator=generator)
+        generator = on_cpu(generator)
+        if isinstance(generator, SampleGenerators):  # rows j, j + m, ... from generator j
+            m = len(generator)
+            rows_per_element(k.shape[0], generator)
+            sample = torch.empty_like(k)
+            for j, g in enumerate(generator):
+                sample[j::m] = torch._standard_gamma(k[j::m].contiguous(), generator=g)
+        else:
+            sample = torch._standard_gamma(k, generator=generator)
         return (sample - k) / k.sqrt()
 
-    def marginal_like(self, x: Tensor, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def marginal_like(self, x: Tensor, index: Tensor, generator: GeneratorLike = None) -> Tensor:
         """Unit-variance noise eps such that sqrt(abar) x0 + sqrt(1 - abar) eps is the DDGM x_t."""
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         k = self.k_bar[index.cpu()].reshape(shape).expand(x.shape).contiguous()
         theta = self.theta[index.cpu()].reshape(shape)
         return self._centred(k, theta, generator).to(x.device, x.dtype)
 
-    def step_like(self, x: Tensor, index: int, generator: torch.Generator | None = None) -> Tensor:
+    def step_like(self, x: Tensor, index: int, generator: GeneratorLike = None) -> Tensor:
         """Unit-variance noise for one reverse step at schedule index ``index``."""
         k = torch.full(x.shape, float(self.k[index]), dtype=torch.float64)
         theta = self.theta[index].reshape(1)
         return self._centred(k, theta, generator).to(x.device, x.dtype)
 
-    def __call__(self, x0: Tensor, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, x0: Tensor, index: Tensor, generator: GeneratorLike = None) -> Tensor:
         return self.marginal_like(x0, index, generator)
 
 
 def simplex_noise_fn(**kwargs):
     """A ``noise_fn(x0, index, generator)`` for :class:`~medrs_diff.diffusion.process.DiffusionLoss`."""
 
-    def fn(x0: Tensor, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def fn(x0: Tensor, index: Tensor, generator: GeneratorLike = None) -> Tensor:
         return simplex_like(x0, generator, **kwargs)
 
     return fn

@@ -17,6 +17,7 @@ outputs written (all of them), the ones mapped back to data units, and the outpu
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,19 +31,32 @@ from .. import io
 from ..data.scaling import ScalingSpec, resolve
 from ..errors import ArgumentError, CheckpointError, DataError, MedrsError
 from ..methods.base import IOSpec, Method, check_sampler
+from .seeding import window_generators
 from .tiling import (
     MAIN_KEY,
+    VALID_KEY,
+    PositionalWindowFn,
+    WindowFn,
+    apply_nan_policy,
     channel_first,
+    check_finite,
+    check_nan_policy,
     default_window,
+    image_output_path,
     infer_geotiff,
     infer_image,
     infer_nifti,
     infer_volume,
+    mask_invalid,
+    nifti_model_layout,
+    nonfinite_error,
     oriented_shape,
+    valid_output,
 )
 
 PathLike = str | os.PathLike
 Inputs = PathLike | Sequence[PathLike]
+_log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "check_device", "input_files", "output_paths"]
 
@@ -150,6 +164,17 @@ def output_paths(src: Path, output: Path, keys: Sequence[str], single: bool) -> 
     return {k: output / src.name if k == main else output / k / src.name for k in keys}
 
 
+def _clean_stale_temporaries(plans: Sequence[Mapping[str, Path]]) -> list[Path]:
+    """Remove the temporary files a killed run left in the output folders (:func:`io.is_stale_temporary`),
+    with one log line when there were any; returns them."""
+    folders = sorted({p.parent for plan in plans for p in plan.values()})
+    removed = [f for folder in folders for f in io.clean_stale_temporaries(folder)]
+    if removed:
+        _log.warning("removed %d stale temporary file(s) left by an interrupted run in %s", len(removed),
+                     ", ".join(sorted({str(f.parent) for f in removed})))
+    return removed
+
+
 def _is_file_name(path: Path) -> bool:
     if path.is_dir():
         return False
@@ -223,43 +248,61 @@ class Predictor:
                                 "sizes must be", f"use a multiple of {multiple} (e.g. {', '.join(map(str, ok))})")
         return tuple(t)
 
-    def _window_fn(self, generator: torch.Generator, sampler: str | None, steps: int | None,
-                   n_samples: int | None) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    def _window_fn(self, sampler: str | None, steps: int | None, n_samples: int | None, seed: int,
+                   generator: torch.Generator | None, case: str) -> WindowFn:
+        """The window function of one case. Without ``generator`` each window's noise comes from its own
+        generator seeded with ``(seed, case, window start)`` (:mod:`~medrs_diff.inference.seeding`), so the
+        case's output depends only on the seed; a given ``generator`` is one stream over every window (and
+        file) in turn, so outputs then depend on the batching and on the files run before."""
         spec, method = self.io_spec, self.method
 
-        def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def run(x: torch.Tensor, gen: Any) -> dict[str, torch.Tensor]:
             method.check_input(x, "input window")
             out = method.predict({spec.input_key: x}, sampler=sampler, steps=steps, n_samples=n_samples,
-                                 generator=generator)
+                                 generator=gen)
             missing = [k for k in spec.outputs if k not in out]
             if missing:
                 raise MedrsError(type(method).__name__, f"predict() did not return the declared output(s) {missing}",
                                  "make io_spec.outputs name only tensors that predict() returns")
             return {k: out[k] for k in spec.outputs}
 
-        return run
+        if generator is not None:
+            return lambda x: run(x, generator)
+        return PositionalWindowFn(lambda x, starts: run(x, window_generators(seed, case, starts, x.device)))
 
     def _prepare(self, sampler: str | None, steps: int | None, n_samples: int | None, tile: Any, overlap: float,
-                 batch: int, seed: int, generator: torch.Generator | None):
+                 batch: int, seed: int, generator: torch.Generator | None) -> Callable[[str], WindowFn]:
+        """Check the options; returns ``case -> window function`` (see :meth:`_window_fn`)."""
         _check_options(steps, n_samples, tile, overlap, batch)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ArgumentError(None, f"seed must be an integer, got {seed!r}", "pass an integer seed such as 0")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ArgumentError(None, f"generator must be a torch.Generator, got {type(generator).__name__}",
+                                "pass seed= (per-window seeds) or a torch.Generator")
         if sampler is not None:
             check_sampler(sampler)
-        if generator is None:
-            generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        return self._window_fn(generator, sampler, steps, n_samples)
+        return lambda case: self._window_fn(sampler, steps, n_samples, int(seed), generator, case)
 
     # -- arrays -----------------------------------------------------------------------------------
     def predict_array(self, x: np.ndarray | torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                       n_samples: int | None = None, seed: int = 0, generator: torch.Generator | None = None,
                       tile: int | Sequence[int] | None = None, overlap: float = 0.25, batch: int = 4,
-                      blend: str = "gaussian", progress: bool | None = False) -> dict[str, np.ndarray]:
+                      blend: str = "gaussian", progress: bool | None = False, case: str = "",
+                      nan_policy: str = "error") -> dict[str, np.ndarray]:
         """Every declared output for one image in data units, channel-first ``(C, *spatial)`` (or
         ``(*spatial)`` for one channel), as float32 arrays ``(C_out, *spatial x grid_factor)``.
 
         The input is mapped to model space with the checkpoint's scaling, run through blended sliding
         windows (MONAI) on :attr:`device`, and the ``data_space`` outputs are mapped back to data units.
+        Each window's noise is seeded by ``(seed, case, window start)``: the same array, seed and ``case``
+        give the same outputs at any ``batch`` (``case="x.nii.gz"`` reproduces :meth:`predict_files` on a
+        file of that name read the same way). A ``generator`` instead is one stream over all windows.
+        ``nan_policy``: NaN / Inf pixels are refused (``"error"``), set to the finite minimum (``"fill"``),
+        or filled for the model and returned as NaN (0 in label outputs, with a ``"valid"`` array: 1 =
+        finite input pixel) (``"mask"``).
         """
-        fn = self._prepare(sampler, steps, n_samples, tile, overlap, batch, seed, generator)
+        check_nan_policy(nan_policy)
+        fn = self._prepare(sampler, steps, n_samples, tile, overlap, batch, seed, generator)(str(case))
         dims = self.io_spec.spatial_dims
         t = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x), dtype=torch.float32)
         if t.ndim == dims:
@@ -270,8 +313,8 @@ class Predictor:
         if t.shape[0] != self.io_spec.in_channels:
             raise DataError(None, f"array has {t.shape[0]} channel(s) but the model expects {self.io_spec.in_channels}",
                             "pass a channel-first array with the model's channels")
-        if not torch.isfinite(t).all():
-            raise DataError(None, "array holds NaN or Inf", "fill or mask invalid pixels first")
+        data, invalid = apply_nan_policy(t.numpy(), "array", nan_policy, 0, "voxel" if dims == 3 else "pixel")
+        t = torch.from_numpy(np.ascontiguousarray(data))
         scaling = resolve(self.scaling, t)
         outs = infer_volume(fn, scaling.forward(t), self.window(tuple(t.shape[1:]), tile), overlap, blend, batch,
                             device="cpu", sw_device=self.device, progress=progress)
@@ -281,14 +324,28 @@ class Predictor:
             if k in self.io_spec.data_space:
                 y = scaling.inverse(y)
             result[k] = y.cpu().numpy()
+        labels = [k for k in self._label_outputs() if k in result]
+        if nan_policy == "mask":
+            if invalid is None:
+                invalid = np.zeros(tuple(t.shape[1:]), bool)
+            for k in result:
+                result[k] = mask_invalid(result[k], invalid, k in labels)
+            if labels:
+                result[VALID_KEY] = valid_output(invalid, result[labels[0]].shape[1:])[None]
         return result
+
+    def _label_outputs(self) -> tuple[str, ...]:
+        """Outputs that are label maps (integers; ``0`` where masked, never NaN)."""
+        spec = self.io_spec
+        return tuple(spec.extra.get("label_outputs", (spec.outputs[0],) if spec.task == "seg" else ()))
 
     # -- files ------------------------------------------------------------------------------------
     def predict_files(self, inputs: Inputs, output: PathLike, *, sampler: str | None = None,
                       steps: int | None = None, n_samples: int | None = None, seed: int = 0,
                       generator: torch.Generator | None = None, tile: int | Sequence[int] | None = None,
                       overlap: float = 0.25, batch: int = 4, progress: bool | None = None,
-                      on_done: Callable[[Path, dict[str, Path]], None] | None = None) -> list[dict[str, Path]]:
+                      on_done: Callable[[Path, dict[str, Path]], None] | None = None,
+                      nan_policy: str = "error") -> list[dict[str, Path]]:
         """Run on files (a file, a folder or a list; any format of :mod:`medrs_diff.io`) and write every
         declared output on the input's grid (``grid_factor`` times finer for super-resolution).
 
@@ -296,28 +353,122 @@ class Predictor:
         input's affine and header; GeoTIFF scenes are read and written strip by strip (memory bounded);
         other formats (PNG / JPEG clinical images, ``.npy``, ...) are read in memory (masks of 2-D images
         as PNG, float outputs as float TIFF). ``output``: a file name for a single input (others beside
-        it as ``<stem>_<key>``), else a folder (``OUT/<name>``, ``OUT/<key>/<name>``). One generator seeded
-        with ``seed`` runs over the files in order. Returns ``{output key: path}`` per input.
+        it as ``<stem>_<key>``), else a folder (``OUT/<name>``, ``OUT/<key>/<name>``). Each window's noise
+        is seeded by ``(seed, file name, window start)`` (:mod:`~medrs_diff.inference.seeding`), so a file's
+        outputs depend only on the seed: not on ``batch``, on the other files or on the folder's location.
+        A ``generator`` instead is one stream over every window of every file in order (outputs then
+        depend on both). Returns ``{output key: path}`` per input.
+
+        Every file is checked before the first one is computed (:meth:`check_files`: output suffixes that
+        fit the writer, writable output folders, volume vs image, channels, NaN / Inf voxels), so a folder
+        with one bad file stops before any output is written. ``nan_policy``: NaN / Inf voxels are refused
+        (``"error"``, naming the file and the count), set to the file's finite minimum (``"fill"``), or
+        filled for the model and written as nodata (``"mask"``: NaN in float outputs, 0 in label outputs
+        plus a ``valid`` output, 1 = finite input voxel; GeoTIFF outputs get the nodata value in their
+        profile instead). Stale temporary files that a killed run left in the output folders are removed
+        first (one log line).
         """
-        fn = self._prepare(sampler, steps, n_samples, tile, overlap, batch, seed, generator)
+        check_nan_policy(nan_policy)
+        window_fn = self._prepare(sampler, steps, n_samples, tile, overlap, batch, seed, generator)
         files, single = input_files(inputs)
         out = Path(output)
         if not single and (_is_file_name(out) or (out.exists() and not out.is_dir())):
             raise DataError(out, "names a file, but a folder or several inputs need an output folder",
                             "give a folder as the output (OUT/<name>, OUT/<output>/<name>)")
-        spec = self.io_spec
+        plans = self.check_files(files, out, single, tile, nan_policy)  # every file, before any compute
+        _clean_stale_temporaries(plans)
         results = []
-        for src in files:
-            paths = output_paths(src, out, spec.outputs, single)
+        for src, paths in zip(files, plans, strict=True):
             main = next(iter(paths))
             extra = {k: v for k, v in paths.items() if k != main}
-            results.append(self._predict_file(fn, src, paths[main], extra, tile, overlap, batch, progress))
+            results.append(self._predict_file(window_fn(src.name), src, paths[main], extra, tile, overlap, batch,
+                                              progress, nan_policy))
             if on_done is not None:
                 on_done(src, results[-1])
         return results
 
+    def check_files(self, files: Sequence[Path], out: Path, single: bool, tile: Any = None,
+                    nan_policy: str = "error") -> list[dict[str, Path]]:
+        """What can be checked before compute, for every file: each input fits the model (volume vs image,
+        channels; NaN / Inf voxels under ``nan_policy="error"``), its window, and each output path (a suffix
+        whose writer holds the output and the input's geometry, a writable folder, not an input, not shared
+        by two inputs). Creates and writes nothing; returns each file's ``{output key: path}``."""
+        spec = self.io_spec
+        labels = self._label_outputs()
+        if not (single and _is_file_name(out)):
+            io.check_folder_writable(out)
+        plans: list[dict[str, Path]] = []
+        claimed: dict[Path, Path] = {}
+        for src in files:
+            kind = io.format_for(src).name
+            keys = list(spec.outputs)
+            if nan_policy == "mask" and labels and kind != "geotiff":
+                keys.append(VALID_KEY)  # GeoTIFF outputs carry nodata in their profile instead
+            shape, has_affine = self._check_input(src, kind, nan_policy)
+            self.window(shape, tile)
+            paths = output_paths(src, out, keys, single)
+            for key, path in paths.items():
+                final = path if kind in ("nifti", "geotiff") else image_output_path(path, key in labels or
+                                                                                     key == VALID_KEY)
+                self._check_output(src, kind, final, has_affine)
+                other = claimed.setdefault(final.resolve(), src)
+                if other != src:
+                    raise DataError(final, f"would be written for both {other} and {src}",
+                                    "give the inputs distinct file names, or run them into separate output folders")
+            plans.append(paths)
+        return plans
+
+    def _check_input(self, src: Path, kind: str, nan_policy: str) -> tuple[tuple[int, ...], bool]:
+        """The spatial shape the model sees (for its window) and whether the input has an affine; refuses
+        an input that does not fit the model or (``nan_policy="error"``) holds NaN / Inf voxels."""
+        spec = self.io_spec
+        dims, channels = spec.spatial_dims, spec.in_channels
+        unit = "voxel" if dims == 3 else "pixel"
+        if kind == "nifti":
+            from ..io.nifti import load_nifti_image, read_nifti
+
+            img = load_nifti_image(src)
+            spatial, _, _ = nifti_model_layout(img.shape, dims, src, channels)
+            check_finite(read_nifti(src).data.reshape(*spatial, -1), src, nan_policy, -1, unit)
+            return oriented_shape(img.affine, spatial, "RAS" if dims == 3 else None), True
+        if kind == "geotiff":
+            from ..io.geotiff import check_bands, has_valid_data, nonfinite_pixels, open_geotiff
+
+            if dims == 3:
+                raise DataError(src, "is a 2-D image (a GeoTIFF raster) given to a 3-D model",
+                                "use a 2-D checkpoint for rasters, or give this 3-D model a volume (NIfTI)")
+            with open_geotiff(src) as r:
+                check_bands(src, r.count, None, channels)
+                shape = (r.height, r.width)
+            if not has_valid_data(src):
+                raise DataError(src, "holds only nodata / NaN pixels", "check the file and its nodata value")
+            if nan_policy == "error":
+                n_bad, _ = nonfinite_pixels(src)
+                if n_bad:
+                    raise nonfinite_error(src, n_bad, shape[0] * shape[1], "pixel")
+            return shape, True
+        arr = io.read(src)
+        data, _ = channel_first(np.asarray(arr.data), arr.geometry.layout, dims, src, channels)
+        if np.issubdtype(data.dtype, np.floating):
+            check_finite(data, src, nan_policy, 0, unit)
+        return tuple(data.shape[1:]), arr.geometry.affine is not None
+
+    def _check_output(self, src: Path, kind: str, path: Path, has_affine: bool) -> None:
+        """An output path whose writer can hold the output and the input's geometry, in a writable folder."""
+        fmt = io.check_writable(path)
+        io.check_output_path(path, [src], create=False)
+        if kind in ("nifti", "geotiff") and fmt.name != kind:
+            raise DataError(path, f"a {kind} input gives {kind} outputs, not {io.suffix_of(path)}",
+                            f"name the output like the input ({io.suffix_of(src)}) or give a folder")
+        if fmt.name == "nifti" and not has_affine:
+            raise DataError(path, f"a NIfTI output needs an affine, and this {kind} input has none",
+                            f"name the output like the input ({io.suffix_of(src)}), .npy or .tif, or give a folder")
+        if fmt.name == "image2d" and self.io_spec.spatial_dims == 3:
+            raise DataError(path, f"a 3-D model's output cannot be written as a 2-D image ({io.suffix_of(path)})",
+                            "name the output .npy or .nii.gz, or give a folder")
+
     def _predict_file(self, fn: Callable, src: Path, dst: Path, extra: dict[str, Path], tile: Any, overlap: float,
-                      batch: int, progress: bool | None) -> dict[str, Path]:
+                      batch: int, progress: bool | None, nan_policy: str = "error") -> dict[str, Path]:
         spec = self.io_spec
         restore = "input" if spec.data_space else None
         kind = io.format_for(src).name
@@ -325,7 +476,7 @@ class Predictor:
             raise DataError(dst, f"a {kind} input gives {kind} outputs, not {io.suffix_of(dst)}",
                             f"name the output like the input ({io.suffix_of(src)}) or give a folder")
         common = dict(in_scaling=self.scaling, out_scaling=restore, data_space=spec.data_space,
-                      extra_outputs=extra, progress=progress)
+                      extra_outputs=extra, progress=progress, nan_policy=nan_policy)
         if kind == "nifti":
             from ..io.nifti import load_nifti_image
 
@@ -333,7 +484,8 @@ class Predictor:
             orientation = "RAS" if spec.spatial_dims == 3 else None
             shape = oriented_shape(img.affine, img.shape[: spec.spatial_dims], orientation)
             return infer_nifti(fn, src, dst, self.window(shape, tile), overlap, batch=batch, orientation=orientation,
-                               expected_channels=spec.in_channels, sw_device=self.device, **common)
+                               expected_channels=spec.in_channels, sw_device=self.device,
+                               label_outputs=self._label_outputs(), **common)
         if kind == "geotiff" and spec.spatial_dims == 2:
             from ..io.geotiff import open_geotiff
 
@@ -344,7 +496,7 @@ class Predictor:
                                  **common)
         arr = io.read(src)
         spatial = channel_first(arr.data, arr.geometry.layout, spec.spatial_dims, src)[0].shape[1:]
-        labels = tuple(spec.extra.get("label_outputs", (spec.outputs[0],) if spec.task == "seg" else ()))
         return infer_image(fn, arr, dst, self.window(tuple(spatial), tile), overlap, batch=batch,
-                           expected_channels=spec.in_channels, label_outputs=labels, device=self.device, **common)
+                           expected_channels=spec.in_channels, label_outputs=self._label_outputs(),
+                           device=self.device, **common)
 

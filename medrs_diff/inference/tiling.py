@@ -3,9 +3,11 @@ file in -> file out on exactly the input's grid.
 
 ``predictor`` is any callable mapping a batch of windows (B, C_in, *window) to (B, C_out, *window x f),
 or to a dict of such tensors (e.g. ``{"prediction": ..., "uncertainty": ...}``); each dict entry is
-written to its own file with the input's geometry. Window contributions are weighted by a blending
-window (``gaussian``, ``cosine`` or ``constant``) and normalised by the summed weights, so an identity
-model returns the input and a constant model returns the constant across tile borders.
+written to its own file with the input's geometry. A :class:`PositionalWindowFn` also gets each
+window's start (per-window seeds, so a window's noise does not depend on the batch it runs in).
+Window contributions are weighted by a blending window (``gaussian``, ``cosine`` or ``constant``) and
+normalised by the summed weights, so an identity model returns the input and a constant model returns
+the constant across tile borders.
 
 Three file paths: :func:`infer_nifti` (volumes in memory, reoriented to RAS for the model, MONAI
 ``sliding_window_inference``), :func:`infer_geotiff` (scenes larger than memory: windowed reads,
@@ -37,12 +39,37 @@ from .. import io
 from ..data.scaling import Scaling, ScalingSpec, resolve
 from ..errors import ArgumentError, DataError
 from ..io.atomic import atomic_outputs, check_output_path
-from ..io.geotiff import check_bands, geotiff_profile, has_valid_data, open_geotiff, set_band_metadata, valid_mask
+from ..io.geotiff import (
+    check_bands,
+    geotiff_profile,
+    has_valid_data,
+    nonfinite_pixels,
+    open_geotiff,
+    set_band_metadata,
+    undeclared_nonfinite,
+    valid_mask,
+)
 from ..io.nifti import nifti_image, read_nifti
 
 Output = torch.Tensor | Mapping[str, torch.Tensor]
-#: What the tiling functions call on a batch of windows.
-WindowFn = Callable[[torch.Tensor], Output]
+
+
+class PositionalWindowFn:
+    """A window function that also gets where each window lies: ``fn(x, starts)``, ``starts[j]`` the
+    first index per spatial axis of window ``j`` on the input grid (global in the volume or scene; for
+    MONAI windows of an input smaller than the window, in its padded frame). The tiling functions pass
+    the starts to these only; a plain callable of ``x`` is called as before. Used for per-window seeds
+    (:mod:`medrs_diff.inference.seeding`)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, list[tuple[int, ...]]], Output]) -> None:
+        self.fn = fn
+
+    def __call__(self, x: torch.Tensor, starts: list[tuple[int, ...]]) -> Output:
+        return self.fn(x, starts)
+
+
+#: What the tiling functions call on a batch of windows: ``fn(x)``, or ``fn(x, starts)`` when wrapped.
+WindowFn = Callable[[torch.Tensor], Output] | PositionalWindowFn
 #: ``out_scaling``: a Scaling, ``"input"`` (the inverse of the input's own scaling) or None (no mapping).
 OutScaling = Scaling | Literal["input"] | None
 PathLike = str | os.PathLike
@@ -139,6 +166,15 @@ def _as_dict(out: Output) -> dict[str, torch.Tensor]:
     raise TypeError(f"predictor must return a tensor or a dict of tensors, got {type(out).__name__}")
 
 
+def _slice_starts(window: Sequence[slice]) -> tuple[int, ...]:
+    """Spatial start of one MONAI window (``[batch, channel, *spatial]`` slices, ``with_coord=True``)."""
+    return tuple(int(sl.start or 0) for sl in window[2:])
+
+
+def _call(predictor: WindowFn, x: torch.Tensor, starts: list[tuple[int, ...]]) -> Output:
+    return predictor(x, starts) if isinstance(predictor, PositionalWindowFn) else predictor(x)
+
+
 def _device_of(predictor: Any, device: Any) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -176,11 +212,14 @@ def infer_volume(predictor: WindowFn, image: torch.Tensor, roi_size: Sequence[in
     roi = tuple(r if r > 0 else s for r, s in zip(roi, x.shape[2:]))
     sw_dev = torch.device(sw_device) if sw_device is not None else _device_of(predictor, None)
     weights = blend_window(roi, blend)[None, None]  # MONAI pads inputs smaller than the roi
+    positional = isinstance(predictor, PositionalWindowFn)
+    fn = (lambda w, slices: predictor(w, [_slice_starts(s) for s in slices])) if positional else predictor
     with torch.inference_mode():
-        out = sliding_window_inference(x, roi, batch, predictor, overlap=overlap, mode="constant",
+        out = sliding_window_inference(x, roi, batch, fn, overlap=overlap, mode="constant",
                                        padding_mode=padding_mode, sw_device=sw_dev,
                                        device=device if device is not None else x.device,
-                                       progress=show_progress(progress), roi_weight_map=weights.to(sw_dev))
+                                       progress=show_progress(progress), roi_weight_map=weights.to(sw_dev),
+                                       with_coord=positional)
     if squeeze:
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
     return out
@@ -225,11 +264,77 @@ def _zoomed_affine(affine: np.ndarray, in_shape: Sequence[int], out_shape: Seque
     return affine @ t
 
 
-def _fill_nonfinite(data: np.ndarray, path: PathLike) -> np.ndarray:
+#: What to do with NaN / Inf voxels of an input: refuse the file (default), fill them with the file's
+#: finite minimum, or fill them for the model and write them as nodata in every output (``mask``).
+NAN_POLICIES = ("error", "fill", "mask")
+#: Output written beside the label outputs under ``nan_policy="mask"``: 1 where the input was finite,
+#: 0 where it was not (label files hold integers, so their masked voxels are 0 and this file tells).
+VALID_KEY = "valid"
+NAN_FIX = ("clean the file, or pass --nan-policy fill (set them to the file's finite minimum) or --nan-policy "
+           "mask (fill them for the model, write them as nodata: NaN in float outputs, 0 in label outputs plus a "
+           "'valid' mask); in Python: nan_policy='fill' / 'mask'")
+
+
+def check_nan_policy(policy: str) -> str:
+    """``policy`` if it is one of :data:`NAN_POLICIES`, else ``ArgumentError``."""
+    if policy not in NAN_POLICIES:
+        raise ArgumentError(None, f"nan_policy must be one of {', '.join(NAN_POLICIES)}, not {policy!r}",
+                            "use 'error' (refuse), 'fill' or 'mask'")
+    return policy
+
+
+def nonfinite_error(path: PathLike | None, count: int, total: int, unit: str = "voxel") -> DataError:
+    """The refusal of an input holding ``count`` non-finite voxels or pixels (``unit``) of ``total``."""
+    return DataError(path, f"holds {count} non-finite {unit}(s) (NaN / Inf) of {total}", NAN_FIX)
+
+
+def check_finite(data: np.ndarray, path: PathLike | None, policy: str = "error", channel_axis: int = 0,
+                 unit: str = "voxel") -> np.ndarray | None:
+    """Refuse ``data`` without any finite value, or (``policy="error"``) with a non-finite one, naming the
+    count; returns the spatial mask of non-finite voxels (True: a channel is NaN / Inf), None if none."""
+    check_nan_policy(policy)
     finite = np.isfinite(data)
+    if finite.all():
+        return None
     if not finite.any():
-        raise DataError(path, "holds no finite voxel (all NaN)", "check the file; it holds no data")
-    return data if finite.all() else np.where(finite, data, data[finite].min())
+        raise DataError(path, f"holds no finite {unit} (all NaN / Inf)", "check the file; it holds no data")
+    invalid = ~finite.all(axis=channel_axis)
+    if policy == "error":
+        raise nonfinite_error(path, int(invalid.sum()), int(invalid.size), unit)
+    return invalid
+
+
+def apply_nan_policy(data: np.ndarray, path: PathLike | None, policy: str = "error", channel_axis: int = 0,
+                     unit: str = "voxel") -> tuple[np.ndarray, np.ndarray | None]:
+    """``data`` with its non-finite values handled by ``policy`` (:data:`NAN_POLICIES`, see
+    :func:`check_finite`): ``fill`` / ``mask`` set them to the finite minimum of the file; returns the
+    data and, for ``mask``, the spatial mask to write as nodata (else None)."""
+    invalid = check_finite(data, path, policy, channel_axis, unit)
+    if invalid is None:
+        return data, None
+    finite = np.isfinite(data)
+    return np.where(finite, data, data[finite].min()), (invalid if policy == "mask" else None)
+
+
+def _resize_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour ``mask`` on a grid of ``shape`` over the same field of view (super-resolution)."""
+    shape = tuple(int(n) for n in shape)
+    if mask.shape == shape:
+        return mask
+    return mask[np.ix_(*[np.arange(n) * m // n for n, m in zip(shape, mask.shape)])]
+
+
+def mask_invalid(arr: np.ndarray, invalid: np.ndarray, label: bool, channel_axis: int = 0) -> np.ndarray:
+    """``arr`` (one channel axis) with the voxels of ``invalid`` (the input grid; nearest-neighbour onto a
+    finer output grid) set to nodata: 0 for a label output, else NaN (``nan_policy="mask"``)."""
+    spatial = [n for i, n in enumerate(arr.shape) if i != channel_axis % arr.ndim]
+    m = np.expand_dims(_resize_mask(invalid, spatial), channel_axis)
+    return np.where(m, 0 if label else np.nan, arr).astype(arr.dtype, copy=False)
+
+
+def valid_output(invalid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The ``valid`` output on a grid of spatial ``shape``: uint8, 1 where the input was finite."""
+    return (~_resize_mask(invalid, shape)).astype(np.uint8)
 
 
 def oriented_shape(affine: np.ndarray, shape: Sequence[int], orientation: str | None = "RAS") -> tuple[int, ...]:
@@ -242,13 +347,49 @@ def oriented_shape(affine: np.ndarray, shape: Sequence[int], orientation: str | 
     return tuple(apply_orientation(np.broadcast_to(np.zeros((), bool), shape), fwd).shape)
 
 
+def _voxels(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(n)) for n in shape)
+
+
+def nifti_model_layout(shape: Sequence[int], spatial_dims: int, path: PathLike | None,
+                       expected_channels: int | None = None) -> tuple[tuple[int, ...], int, bool]:
+    """How a ``spatial_dims``-D model reads a NIfTI of stored ``shape``: (spatial shape, channels, whether
+    a singleton third axis is dropped). 2-D models take X x Y, X x Y x 1 or X x Y x 1 x C (a slice, C
+    channels); 3-D models X x Y x Z or X x Y x Z x C (Z > 1). A volume given to a 2-D model, a slice
+    given to a 3-D model and a wrong channel count are refused here, by name, before any compute."""
+    shape = tuple(int(n) for n in shape)
+    n = len(shape)
+    if spatial_dims == 2 and n in (3, 4) and shape[2] > 1:
+        raise DataError(path, f"is a 3-D volume ({_voxels(shape[:3])} voxels"
+                        f"{f', {shape[3]} channels' if n == 4 else ''}) given to a 2-D model",
+                        "use a 3-D checkpoint, or infer slice-wise: save each slice as an X x Y x 1 NIfTI "
+                        "(a 2-D image with C channels is X x Y x 1 x C)")
+    if spatial_dims == 3 and (n == 2 or (n in (3, 4) and shape[2] == 1)):
+        raise DataError(path, f"is a 2-D image ({_voxels(shape[:3])} voxels, one slice) given to a 3-D model",
+                        "use a 2-D checkpoint for 2-D images, or give the 3-D model a volume of several slices")
+    if n == 2 and spatial_dims == 2:
+        spatial, channels, drop = shape, 1, False
+    elif n in (3, 4) and spatial_dims == 2:
+        spatial, channels, drop = shape[:2], (shape[3] if n == 4 else 1), True
+    elif n in (3, 4) and spatial_dims == 3:
+        spatial, channels, drop = shape[:3], (shape[3] if n == 4 else 1), False
+    else:
+        raise DataError(path, f"has shape {shape}, not {spatial_dims} spatial axes (+ one channel axis)",
+                        f"pass a {spatial_dims}-D NIfTI (channels, if any, on the 4th axis)")
+    if expected_channels is not None and channels != expected_channels:
+        raise DataError(path, f"has {channels} channel(s) but the model expects {expected_channels}",
+                        "stack the right modalities into a 4-D NIfTI (channels on the 4th axis)")
+    return spatial, channels, drop
+
+
 def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_size: Sequence[int],
                 overlap: float = 0.25, blend: str = "gaussian", batch: int = 4, *,
                 in_scaling: ScalingSpec = None, out_scaling: OutScaling = None,
                 data_space: Sequence[str] | None = None,
                 orientation: str | None = "RAS", expected_channels: int | None = None,
                 extra_outputs: Mapping[str, PathLike] | None = None, out_dtype: Any = np.float32,
-                device: Any = None, sw_device: Any = None, progress: bool | None = None) -> dict[str, Path]:
+                device: Any = None, sw_device: Any = None, progress: bool | None = None,
+                nan_policy: str = "error", label_outputs: Sequence[str] = ()) -> dict[str, Path]:
     """NIfTI in -> NIfTI out(s) on exactly the input's voxel grid (affine and header kept).
 
     The volume is scaled by ``in_scaling`` (name or Scaling; recorded in the output), reoriented to
@@ -257,23 +398,26 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_
     own scaling) and every output by the inverse reorientation. Multi-channel inputs are 4-D NIfTI
     (channels last). A predictor whose outputs are larger than its windows by a factor (super-resolution)
     gets outputs on a finer grid over the same field of view. ``device`` runs the windows (alias of
-    ``sw_device``); the stitched volume stays on the CPU. Returns ``{key: path}``; all files appear only
-    when all succeed.
+    ``sw_device``); the stitched volume stays on the CPU. The accepted shapes are those of
+    :func:`nifti_model_layout` (a 2-D model's X x Y x 1 input gives X x Y x 1 outputs).
+
+    ``nan_policy`` (:data:`NAN_POLICIES`): NaN / Inf voxels are refused (``error``, the default),
+    set to the finite minimum (``fill``), or filled for the model and written as nodata (``mask``):
+    NaN in every float output, 0 in the ``label_outputs`` (NIfTI has no nodata value), and a uint8
+    ``valid`` output (1 = finite input voxel) beside them (``<stem>_valid`` or ``extra_outputs["valid"]``).
+    Returns ``{key: path}``; all files appear only when all succeed.
     """
     _check_overlap(overlap)
-    check_output_path(out_path, [in_path])  # refuse before any work is done
+    check_nan_policy(nan_policy)
+    for p in [out_path, *(extra_outputs or {}).values()]:
+        check_output_path(p, [in_path])  # refuse before any work is done
     vol = read_nifti(in_path)
     spatial = len(roi_size)
-    data = vol.data
+    _, _, drop_z = nifti_model_layout(vol.data.shape, spatial, in_path, expected_channels)
+    data = vol.data[:, :, 0] if drop_z else vol.data
     if data.ndim == spatial:
         data = data[..., None]
-    if data.ndim != spatial + 1:
-        raise DataError(in_path, f"has shape {vol.data.shape}, not {spatial} spatial dims (+ channels)",
-                        f"pass a roi_size with {vol.data.ndim} or {vol.data.ndim - 1} entries")
-    if expected_channels is not None and data.shape[-1] != expected_channels:
-        raise DataError(in_path, f"has {data.shape[-1]} channel(s) but the model expects {expected_channels}",
-                        "stack the right modalities into a 4-D NIfTI (channels last)")
-    data = _fill_nonfinite(data, in_path)
+    data, invalid = apply_nan_policy(data, in_path, nan_policy, channel_axis=-1)
     fwd = inv = None
     if orientation and spatial == 3:
         cur = io_orientation(vol.affine)
@@ -286,19 +430,35 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_
     run_on = sw_device if sw_device is not None else _device_of(predictor, device)
     outs = _as_dict(infer_volume(predictor, x, roi_size, overlap, blend, batch, device="cpu", sw_device=run_on,
                                  progress=progress))
-    paths = _default_paths(Path(out_path), list(outs), extra_outputs)
+    labels = [k for k in label_outputs if k in outs]
+    masking = nan_policy == "mask"
+    keys = [*outs, VALID_KEY] if masking and labels else list(outs)
+    paths = _default_paths(Path(out_path), keys, extra_outputs)
     mapped, scale_out = _mapped_keys(paths, data_space), _out_scaling(out_scaling, scale_in)
-    images = []
-    for key in paths:
-        y = outs[key].float()
-        if scale_out is not None and key in mapped:
-            y = scale_out.inverse(y)
-        arr = np.moveaxis(y.cpu().numpy(), 0, -1)
-        if inv is not None:
-            arr = apply_orientation(arr, inv)
+    if invalid is None:  # stored voxel order, as the outputs are written
+        invalid = np.zeros(vol.data.shape[:spatial], bool)
+    images, grid = [], None
+    for key in keys:
+        if key == VALID_KEY:  # on the grid of the first label output
+            arr = valid_output(invalid, grid)[..., None]
+            dtype = np.uint8
+        else:
+            y = outs[key].float()
+            if scale_out is not None and key in mapped:
+                y = scale_out.inverse(y)
+            arr = np.moveaxis(y.cpu().numpy(), 0, -1)
+            if inv is not None:
+                arr = apply_orientation(arr, inv)
+            if masking:
+                arr = mask_invalid(arr, invalid, key in labels, -1)
+            if labels and key == labels[0]:
+                grid = arr.shape[:spatial]
+            dtype = out_dtype
         affine = _zoomed_affine(vol.affine, vol.data.shape[:spatial], arr.shape[:spatial])
+        if drop_z:  # back to the input's X x Y x 1 (x C)
+            arr = arr[:, :, None]
         arr = arr[..., 0] if arr.shape[-1] == 1 else arr
-        images.append(nifti_image(arr.astype(out_dtype), affine, header=vol.header, dtype=out_dtype,
+        images.append(nifti_image(arr.astype(dtype), affine, header=vol.header, dtype=dtype,
                                   scaling=scale_in))
     with atomic_outputs(list(paths.values()), [in_path]) as tmps:
         for img, tmp in zip(images, tmps, strict=True):
@@ -306,17 +466,45 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_
     return paths
 
 
-def channel_first(data: np.ndarray, layout: Sequence[str], spatial: int, path: PathLike) -> tuple[np.ndarray, str]:
+#: Axis names of a layout that are spatial (the others are channels, bands or times).
+SPATIAL_AXES = ("x", "y", "z")
+VOLUME_FIX = ("use a 3-D checkpoint, or infer slice-wise: save each slice as a 2-D image (NIfTI: X x Y x 1) "
+              "for this 2-D model")
+IMAGE_FIX = "use a 2-D checkpoint for 2-D images, or give this 3-D model a volume (e.g. a NIfTI of several slices)"
+
+
+def channel_first(data: np.ndarray, layout: Sequence[str], spatial: int, path: PathLike,
+                  expected_channels: int | None = None) -> tuple[np.ndarray, str]:
     """(C, *spatial) from an array in ``layout`` (channels first, last or absent); returns the array and
-    where its channels were (``"first"``, ``"last"``, ``"none"``), to put outputs back the same way."""
+    where its channels were (``"first"``, ``"last"``, ``"none"``), to put outputs back the same way.
+
+    A layout naming a different number of spatial axes than the model's ``spatial`` is refused by name
+    (a 2-D image given to a 3-D model, a volume given to a 2-D one), as is a channel count other than
+    ``expected_channels``; arrays without a layout (``.npy``) are told apart by their number of axes."""
+    shape = tuple(int(n) for n in data.shape)
+    named = sum(a in SPATIAL_AXES for a in layout) if layout else None
+    if (named == 2 and spatial == 3) or (named is None and spatial == 3 and data.ndim == 2):
+        raise DataError(path, f"is a 2-D image (shape {shape}) given to a 3-D model", IMAGE_FIX)
+    if named == 3 and spatial == 2:
+        raise DataError(path, f"is a 3-D volume (shape {shape}) given to a 2-D model", VOLUME_FIX)
     if data.ndim == spatial:
-        return data[None], "none"
-    if data.ndim == spatial + 1:
+        out, where = data[None], "none"
+    elif data.ndim == spatial + 1:
         if layout and layout[-1] in ("c", "channel", "band"):
-            return np.moveaxis(data, -1, 0), "last"
-        return data, "first"  # (channel, ...) layouts and plain arrays: channels first (NumPy convention)
-    raise DataError(path, f"has shape {data.shape}, not {spatial} spatial dims (+ channels)",
-                    f"pass a {spatial}-D image (optionally with one channel axis)")
+            out, where = np.moveaxis(data, -1, 0), "last"
+        else:  # (channel, ...) layouts and plain arrays: channels first (NumPy convention)
+            out, where = data, "first"
+    else:
+        raise DataError(path, f"has shape {shape}, not {spatial} spatial dims (+ channels)",
+                        f"pass a {spatial}-D image (optionally with one channel axis)")
+    if expected_channels is not None and out.shape[0] != expected_channels:
+        if named is None and spatial == 2 and where == "first":
+            raise DataError(path, f"has shape {shape}: read as {out.shape[0]} channel(s) of a 2-D image, but the "
+                            f"model expects {expected_channels}", f"if it is a 3-D volume, {VOLUME_FIX}; else pass "
+                            f"a (C, H, W) array with C = {expected_channels}")
+        raise DataError(path, f"has {out.shape[0]} channel(s) but the model expects {expected_channels}",
+                        f"pass an image with {expected_channels} channel(s)")
+    return out, where
 
 
 def _restore_layout(y: np.ndarray, where: str) -> np.ndarray:
@@ -344,7 +532,8 @@ def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path:
                 data_space: Sequence[str] | None = None, label_outputs: Sequence[str] = (),
                 expected_channels: int | None = None,
                 extra_outputs: Mapping[str, PathLike] | None = None, device: Any = None,
-                progress: bool | None = None, read_kwargs: Mapping[str, Any] | None = None) -> dict[str, Path]:
+                progress: bool | None = None, read_kwargs: Mapping[str, Any] | None = None,
+                nan_policy: str = "error") -> dict[str, Path]:
     """Any registered file read in memory (PNG / JPEG / BMP / GIF clinical images, ``.npy``, cubes...)
     -> outputs of the same kind and geometry, through MONAI sliding windows of ``roi_size``.
 
@@ -352,34 +541,48 @@ def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path:
     :func:`medrs_diff.io.read` and brought to (C, *spatial) from its layout; outputs
     go back to that layout and are written with :func:`medrs_diff.io.write`. For 2-D image formats the
     ``label_outputs`` (masks) are rounded and written as PNG, the others as float TIFF ``<stem>.tif``
-    (see :func:`image_output_path`). The returned ``{key: path}`` names the files written.
+    (see :func:`image_output_path`). ``nan_policy`` as in :func:`infer_nifti` (masked pixels: NaN in float
+    outputs, 0 in label outputs plus a ``valid`` output, 1 = finite input pixel, written like a label).
+    The returned ``{key: path}`` names the files written.
     """
     _check_overlap(overlap)
+    check_nan_policy(nan_policy)
     src = in_path if isinstance(in_path, io.ArrayFile) else io.read(in_path, **dict(read_kwargs or {}))
     in_path = src.path
-    check_output_path(out_path, [in_path])
+    for p in [out_path, *(extra_outputs or {}).values()]:
+        check_output_path(p, [in_path])
     spatial = len(roi_size)
-    data, where = channel_first(np.asarray(src.data, dtype=np.float32), src.geometry.layout, spatial, in_path)
-    if expected_channels is not None and data.shape[0] != expected_channels:
-        raise DataError(in_path, f"has {data.shape[0]} channel(s) but the model expects {expected_channels}",
-                        f"pass an image with {expected_channels} channel(s)")
-    data = _fill_nonfinite(data, in_path)
+    data, where = channel_first(np.asarray(src.data, dtype=np.float32), src.geometry.layout, spatial, in_path,
+                                expected_channels)
+    data, invalid = apply_nan_policy(data, in_path, nan_policy, channel_axis=0,
+                                     unit="voxel" if spatial == 3 else "pixel")
     x = torch.from_numpy(np.ascontiguousarray(data))
     scale_in = resolve(in_scaling, x)
     x = scale_in.forward(x)
     run_on = _device_of(predictor, device)
     outs = _as_dict(infer_volume(predictor, x, roi_size, overlap, blend, batch, device="cpu", sw_device=run_on,
                                  progress=progress))
-    planned = _default_paths(Path(out_path), list(outs), extra_outputs)
+    labels = [k for k in label_outputs if k in outs]
+    masking = nan_policy == "mask"
+    planned = _default_paths(Path(out_path), [*outs, VALID_KEY] if masking and labels else list(outs), extra_outputs)
     mapped, scale_out = _mapped_keys(planned, data_space), _out_scaling(out_scaling, scale_in)
+    if invalid is None:
+        invalid = np.zeros(data.shape[1:], bool)
     arrays, paths = {}, {}
     for key, path in planned.items():
-        y = outs[key].float()
-        if scale_out is not None and key in mapped:
-            y = scale_out.inverse(y)
-        arr = _restore_layout(y.cpu().numpy(), where)
-        paths[key] = image_output_path(path, key in label_outputs)
-        arrays[key] = np.round(arr) if key in label_outputs else arr
+        if key == VALID_KEY:  # on the grid of the first label output
+            y = valid_output(invalid, outs[labels[0]].shape[1:])[None]
+        else:
+            y = outs[key].float()
+            if scale_out is not None and key in mapped:
+                y = scale_out.inverse(y)
+            y = y.cpu().numpy()
+            if key in labels:
+                y = np.round(y)
+            if masking:
+                y = mask_invalid(y, invalid, key in labels, 0)
+        paths[key] = image_output_path(path, key in labels or key == VALID_KEY)
+        arrays[key] = _restore_layout(y, where)
     geometry = src.geometry
     if any(y.shape[-spatial:] != data.shape[-spatial:] for y in arrays.values()):
         geometry = type(geometry)(kind=geometry.kind, layout=geometry.layout, extra=dict(geometry.extra))
@@ -433,7 +636,7 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
                   data_space: Sequence[str] | None = None,
                   out_band_names: Sequence[str] | None = None, extra_outputs: Mapping[str, PathLike] | None = None,
                   out_nodata: float | None = None, out_dtype: Any = "float32", device: Any = None,
-                  progress: bool | None = None) -> dict[str, Path]:
+                  progress: bool | None = None, nan_policy: str = "error") -> dict[str, Path]:
     """GeoTIFF in -> GeoTIFF out(s) on the input's map grid, for scenes larger than memory.
 
     Tiles of ``tile`` pixels overlapping by ``overlap`` (fraction) are read with rasterio windows, scaled
@@ -443,21 +646,32 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
     tile rows (C x tile x width), never the scene. With ``scale`` > 1 (super-resolution) the predictor
     returns tiles ``scale`` times larger and the outputs cover the same ground with pixels ``scale``
     times smaller. Pixels that are nodata in the input get ``out_nodata`` (default: the input's nodata,
-    or NaN for float inputs without one) in every output. ``bands`` are 1-based input bands. Returns
-    ``{key: path}``; outputs appear only when the whole scene succeeded.
+    or NaN for float inputs without one) in every output. ``bands`` are 1-based input bands.
+
+    NaN / Inf pixels that the file does not declare as nodata (a float raster without a NaN nodata) are
+    counted before any tile runs and handled by ``nan_policy`` (:data:`NAN_POLICIES`): refused
+    (``error``, the default), set to the band's finite minimum (``fill``) or treated as nodata
+    (``mask``: ``out_nodata`` in every output, set as the outputs' nodata). Returns ``{key: path}``;
+    outputs appear only when the whole scene succeeded.
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
     _check_overlap(overlap)
     if int(scale) != scale or scale < 1:
         raise ArgumentError(None, f"scale must be a positive integer, got {scale}", "pass 1, 2, 4, ...")
     s = int(scale)
-    check_output_path(out_path, [in_path])  # refuse before any work is done
+    check_nan_policy(nan_policy)
+    for p in [out_path, *(extra_outputs or {}).values()]:
+        check_output_path(p, [in_path])  # refuse before any work is done
     dev = _device_of(predictor, device)
     with open_geotiff(in_path) as src:
         idx = check_bands(in_path, src.count, bands, expected_bands)
         if not has_valid_data(in_path, idx):
             raise DataError(in_path, "holds only nodata / NaN pixels", "check the file and its nodata value")
         H, W, nodata = src.height, src.width, src.nodata
+        n_bad, band_min = nonfinite_pixels(in_path, idx) if nan_policy != "mask" else (0, None)
+        if n_bad and nan_policy == "error":
+            raise nonfinite_error(in_path, n_bad, H * W, "pixel")
+        fill = band_min[:, None, None].astype(np.float32) if n_bad else None  # nan_policy "fill"
         if out_nodata is None:
             floats = np.issubdtype(np.dtype(src.dtypes[0]), np.floating) and np.issubdtype(np.dtype(out_dtype),
                                                                                             np.floating)
@@ -482,12 +696,15 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
                     tiles = []
                     for x0 in xb:
                         a = src.read(idx, window=Window(x0, y0, ww, hh)).astype(np.float32)
+                        if fill is not None:
+                            a = np.where(undeclared_nonfinite(a, nodata, per_band=True), fill, a)
                         ok = valid_mask(a, nodata)
                         valid[:, x0 : x0 + ww] |= ok
                         a = scale_in.forward(np.where(ok[None], a, 0.0).astype(np.float32))
                         tiles.append(_pad_to(np.where(ok[None], a, 0.0).astype(np.float32), th, tw))
                     with torch.inference_mode():
-                        outs = _as_dict(predictor(torch.from_numpy(np.stack(tiles)).to(dev)))
+                        outs = _as_dict(_call(predictor, torch.from_numpy(np.stack(tiles)).to(dev),
+                                              [(y0, x0) for x0 in xb]))
                     if not dsts:
                         paths = _default_paths(Path(out_path), list(outs), extra_outputs)
                         tmps = stack.enter_context(atomic_outputs(list(paths.values()), [in_path]))

@@ -148,6 +148,37 @@ def has_valid_data(path: PathLike, bands: Sequence[int] | None = None, max_size:
     return False
 
 
+def undeclared_nonfinite(data: np.ndarray, nodata: float | None, per_band: bool = False) -> np.ndarray:
+    """(H, W) bool from (C, H, W) (``per_band``: (C, H, W)): True where a band is NaN / +-Inf that the
+    file does not declare as nodata (a NaN nodata declares NaN; an Inf only when it is the nodata value)."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return np.zeros(data.shape if per_band else data.shape[-2:], bool)
+    bad = ~np.isfinite(data)
+    if nodata is not None:
+        bad &= ~(np.isnan(data) if np.isnan(nodata) else data == nodata)
+    return bad if per_band else bad.any(axis=0)
+
+
+def nonfinite_pixels(path: PathLike, bands: Sequence[int] | None = None) -> tuple[int, np.ndarray]:
+    """Count the pixels holding undeclared NaN / Inf (:func:`undeclared_nonfinite`) block by block (memory
+    bounded), and each selected band's finite minimum over its data pixels (NaN for a band without
+    any). Integer rasters hold none and are not scanned."""
+    with open_geotiff(path) as src:
+        idx = check_bands(path, src.count, bands)
+        mins = np.full(len(idx), np.nan)
+        if not all(np.issubdtype(np.dtype(src.dtypes[i - 1]), np.floating) for i in idx):
+            return 0, mins
+        count, nodata = 0, src.nodata
+        for _, window in src.block_windows(1):
+            a = src.read(idx, window=window)
+            count += int(undeclared_nonfinite(a, nodata).sum())
+            ok = np.isfinite(a) if nodata is None or np.isnan(nodata) else np.isfinite(a) & (a != nodata)
+            for j in range(len(idx)):
+                if ok[j].any():
+                    mins[j] = np.nanmin([mins[j], float(a[j][ok[j]].min())])
+    return count, mins
+
+
 def geotiff_profile(height: int, width: int, count: int, dtype: Any, crs: Any, transform: Any,
                     nodata: float | None = None) -> dict[str, Any]:
     """A tiled, compressed GTiff profile for ``rasterio.open(..., 'w', **profile)``."""

@@ -59,9 +59,10 @@ def load_nifti_image(path: PathLike) -> nib.Nifti1Image:
         raise DataError(p, f"is a {type(img).__name__}, not NIfTI", "convert it to .nii.gz first")
     code = int(img.header["datatype"])
     if code in _COLOUR_CODES:
-        raise DataError(p, f"stores packed {_COLOUR_CODES[code]} colour voxels, not numbers",
-                        "convert it to a numeric NIfTI with the colours as a last axis of 3 (or 4) channels, "
-                        "e.g. nibabel: np.stack([data['R'], data['G'], data['B']], -1)")
+        raise DataError(p, f"stores packed {_COLOUR_CODES[code]} colour voxels, not numbers ({_COLOUR_CODES[code]} "
+                        "NIfTI)", "convert it to a 4-D float NIfTI with the colours as 3 (or 4) channels on the 4th "
+                        "axis (X x Y x Z x 3; a 2-D image X x Y x 1 x 3), e.g. nibabel: "
+                        "np.stack([d['R'], d['G'], d['B']], -1).astype('float32') of d = np.asanyarray(img.dataobj)")
     return img
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .atomic import check_folder_writable
 from .types import ArrayFile, Geometry
 
 PathLike = str | os.PathLike
@@ -139,9 +140,5 @@ def check_writable(path: PathLike, allowed: Iterable[str] | None = None) -> File
     p = Path(path)
     if p.is_dir():
         raise DataError(p, "output path is an existing folder", "give a file name, not a folder")
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise DataError(p.parent, "output folder cannot be created or written", "choose a writable output path")
+    check_folder_writable(p.parent)
     return fmt

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..diffusion.generators import GeneratorLike, randn
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.schedules import Schedule
 from ..errors import ArgumentError
@@ -23,20 +24,22 @@ def sample_n(
     sampler: str,
     steps: int | None,
     device: torch.device,
-    generator: torch.Generator | None,
+    generator: GeneratorLike,
     progress: bool = False,
     **sampler_kwargs: Any,
 ) -> Tensor:
     """Draw ``n_samples`` samples per batch element in one batched chain; returns (n, B, C, ...).
 
     ``denoise`` must accept the batch repeated ``n_samples`` times along dim 0 (sample-major). The
-    generator draws x_T and goes on to the sampler, whichever it is.
+    generator draws x_T and goes on to the sampler, whichever it is; per-element generators
+    (:class:`~medrs_diff.diffusion.generators.SampleGenerators`, one per batch element) give element
+    ``j`` rows ``j, j + B, ...``, so its samples do not depend on the rest of the batch.
     """
     check_sampler(sampler)
     if n_samples < 1:
         raise ArgumentError("n_samples", f"must be >= 1, got {n_samples}", "draw at least one sample")
     b = shape[0]
-    x_T = torch.randn((n_samples * b, *shape[1:]), generator=generator, device=device)
+    x_T = randn((n_samples * b, *shape[1:]), generator, device=device)
     out = SAMPLERS[sampler](denoise, x_T, schedule, steps=steps, progress=progress, generator=generator,
                             **sampler_kwargs)
     return out.reshape(n_samples, b, *shape[1:])
@@ -55,7 +58,7 @@ def sample_with_features(
     n_samples: int,
     sampler: str | None,
     steps: int | None,
-    generator: torch.Generator | None,
+    generator: GeneratorLike,
     progress: bool = False,
 ) -> Tensor:
     """``n_samples`` clipped samples per batch element from ``method.denoiser`` conditioned by ``features``

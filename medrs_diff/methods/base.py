@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.keys import LABEL, MASK
+from ..diffusion.generators import GeneratorLike
 from ..diffusion.process import check_spatial
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.schedules import Schedule
@@ -180,13 +181,16 @@ class Method(nn.Module):
         sampler: str | None = None,
         steps: int | None = None,
         n_samples: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
         progress: bool = False,
     ) -> dict[str, Tensor]:
         """Outputs for a batch: ``prediction`` plus the other names in :attr:`io_spec` (``uncertainty``, ...).
 
         Diffusion methods sample with ``sampler`` / ``steps`` / ``n_samples`` / ``generator``; other
         methods ignore what does not apply to them, so every method is called the same way.
+        ``generator`` is one stream for the batch or a
+        :class:`~medrs_diff.diffusion.generators.SampleGenerators` (one per batch element: each
+        element's samples then depend only on its own generator).
         """
         raise NotImplementedError
 

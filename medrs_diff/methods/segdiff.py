@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..diffusion.generators import GeneratorLike
 from ..diffusion.process import DiffusionLoss
 from ..diffusion.schedules import make_schedule
 from ..errors import DataError
@@ -106,7 +107,7 @@ class SegDiff(DiffusionMethod):
         sampler: str | None = None,
         steps: int | None = None,
         n_samples: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
         progress: bool = False,
     ) -> dict[str, Tensor]:
         image, _ = self._inputs(batch)

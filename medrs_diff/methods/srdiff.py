@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..diffusion.ensemble import fuse_mean, variance_map
+from ..diffusion.generators import GeneratorLike
 from ..diffusion.process import DiffusionLoss, Residual
 from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
@@ -142,7 +143,7 @@ class SRDiff(DiffusionMethod):
         sampler: str | None = None,
         steps: int | None = None,
         n_samples: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
         progress: bool = False,
     ) -> dict[str, Tensor]:
         lr, _ = self._inputs(batch)

@@ -1,5 +1,5 @@
 """Predictor: the same numbers as composing the method's predict with the tiling functions by hand (same
-seeded generator), every declared output written on the input's grid (x grid_factor for SR), safe
+per-window seeds), every declared output written on the input's grid (x grid_factor for SR), safe
 default windows, the checkpoint read once, the device used, arguments checked."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from rasterio.transform import from_origin
 from medrs_diff.data.scaling import reflectance, zscore
 from medrs_diff.errors import ArgumentError, DataError, MedrsError
 from medrs_diff.inference import Predictor, default_window, infer_geotiff, infer_volume
+from medrs_diff.inference.seeding import window_generators
+from medrs_diff.inference.tiling import PositionalWindowFn
 from medrs_diff.methods import SegDiff, SRDiff
 from medrs_diff.train.checkpoint import method_config
 
@@ -35,17 +37,15 @@ def _checkpoint(method, path, scaling, patch_size=None):
     return path
 
 
-def _window_fn(method, outputs, seed=7, steps=2, n_samples=2, seen=None):
-    """Today's infer path: the method's predict on each window, one generator for the whole run."""
-    g = torch.Generator().manual_seed(seed)
+def _window_fn(method, outputs, case, seed=7, steps=2, n_samples=2):
+    """The infer path: the method's predict on each window, its noise seeded by (seed, file name, start)."""
 
-    def fn(x):
-        if seen is not None:
-            seen.append(tuple(x.shape))
-        out = method.predict({method.io_spec.input_key: x}, steps=steps, n_samples=n_samples, generator=g)
+    def fn(x, starts):
+        out = method.predict({method.io_spec.input_key: x}, steps=steps, n_samples=n_samples,
+                             generator=window_generators(seed, case, starts))
         return {k: out[k] for k in outputs}
 
-    return fn
+    return PositionalWindowFn(fn)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,8 @@ def test_nifti_volume_matches_hand_composition_and_keeps_the_grid(seg3d, tmp_pat
     fwd = ornt_transform(io_orientation(aff), axcodes2ornt("RAS"))
     inv = ornt_transform(axcodes2ornt("RAS"), io_orientation(aff))
     x = torch.from_numpy(np.ascontiguousarray(apply_orientation(vol, fwd)))[None]
-    want = infer_volume(_window_fn(method, outputs), zscore(x).forward(x), (12, 12, 12), 0.25, "gaussian", 4)
+    want = infer_volume(_window_fn(method, outputs, "ct.nii.gz"), zscore(x).forward(x), (12, 12, 12), 0.25,
+                        "gaussian", 4)
     for k in outputs:
         got = nib.load(str(paths[k]))
         assert got.shape == vol.shape and np.array_equal(got.affine, aff)  # same grid as the input
@@ -106,7 +107,7 @@ def test_geotiff_super_resolution_matches_hand_composition_on_the_finer_grid(sr,
     assert p.io_spec.grid_factor == 2 and p.io_spec.data_space == ("prediction",)
     (paths,) = p.predict_files(src, tmp_path / "sr", tile=8, **SAMPLING)
     assert set(paths) == {"prediction", "uncertainty"}
-    hand = infer_geotiff(_window_fn(method, method.io_spec.outputs), src, tmp_path / "hand.tif", tile=8,
+    hand = infer_geotiff(_window_fn(method, method.io_spec.outputs, "lr.tif"), src, tmp_path / "hand.tif", tile=8,
                          in_scaling="reflectance", out_scaling=reflectance(), scale=2, expected_bands=3,
                          progress=False)
     with rasterio.open(src) as s:
@@ -131,7 +132,7 @@ def test_png_matches_hand_composition_and_predict_array(seg2d, tmp_path):
                      "uncertainty": tmp_path / "out" / "uncertainty" / "fundus.tif",
                      "probability": tmp_path / "out" / "probability" / "fundus.tif"}
     x = torch.from_numpy(img.astype(np.float32))[None]
-    want = infer_volume(_window_fn(method, method.io_spec.outputs), zscore(x).forward(x), (32, 32), 0.25,
+    want = infer_volume(_window_fn(method, method.io_spec.outputs, "fundus.png"), zscore(x).forward(x), (32, 32), 0.25,
                         "gaussian", 4)
     mask = np.asarray(Image.open(paths["prediction"]))
     assert mask.shape == img.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
@@ -140,7 +141,7 @@ def test_png_matches_hand_composition_and_predict_array(seg2d, tmp_path):
         with rasterio.open(paths[k]) as o:
             assert (o.height, o.width) == img.shape and o.dtypes[0] == "float32"
             np.testing.assert_allclose(o.read(1), want[k][0].numpy(), atol=1e-6)
-    arrays = p.predict_array(img, tile=32, **SAMPLING)  # the notebook path: same numbers
+    arrays = p.predict_array(img, tile=32, case="fundus.png", **SAMPLING)  # the notebook path: same numbers
     assert set(arrays) == set(method.io_spec.outputs)
     for k, v in arrays.items():
         assert v.shape == (1, *img.shape)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike, randn_like
 from ..process import check_spatial
 
 
@@ -76,9 +77,9 @@ def block_lowpass(x: Tensor, factor: int) -> Tensor:
     return mean.expand(split).reshape(x.shape)
 
 
-def forward_sample(x0: Tensor, abar: float, generator: torch.Generator | None) -> Tensor:
+def forward_sample(x0: Tensor, abar: float, generator: GeneratorLike) -> Tensor:
     """A fresh draw of q(x_t | x0) = N(sqrt(abar) x0, (1 - abar) I); exactly x0 when abar = 1."""
     if abar >= 1.0:
         return x0
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    noise = randn_like(x0, generator)
     return math.sqrt(abar) * x0 + math.sqrt(1.0 - abar) * noise

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..generators import GeneratorLike, rand
 from ..samplers.base import Denoiser
 
 Cond = Tensor | Mapping[str, Tensor]
@@ -86,7 +87,7 @@ def _batch_of(cond: Cond) -> int:
     return next(iter(cond.values())).shape[0] if isinstance(cond, Mapping) else cond.shape[0]
 
 
-def drop_condition(cond: Cond, null: Null, p: float, generator: torch.Generator | None = None) -> Cond:
+def drop_condition(cond: Cond, null: Null, p: float, generator: GeneratorLike = None) -> Cond:
     """Training-time condition dropout: each sample's condition becomes the null with probability p.
 
     All entries of a dict condition are dropped together. Gradients reach a NullCondition's embedding.
@@ -94,7 +95,7 @@ def drop_condition(cond: Cond, null: Null, p: float, generator: torch.Generator 
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"drop probability must lie in [0, 1], got {p}")
     ref = next(iter(cond.values())) if isinstance(cond, Mapping) else cond
-    drop = torch.rand(ref.shape[0], generator=generator, device=ref.device) < p
+    drop = rand((ref.shape[0],), generator, device=ref.device) < p
 
     def swap(c: Tensor, n: Tensor, name: str) -> Tensor:
         if c.shape[0] != ref.shape[0]:

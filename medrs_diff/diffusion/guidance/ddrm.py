@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
+from ..generators import randn as _randn
 from ..samplers.base import (
     Denoiser,
     Hook,
@@ -54,7 +56,7 @@ def ddrm(
     clip: bool | tuple[float, float] = False,
     dynamic_threshold: float | None = None,
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     progress: bool | Callable = False,
 ) -> Tensor:
     """Sample x ~ p(x | y) for y = operator(x) + N(0, sigma_y^2 I); returns (B, *operator.x_shape).
@@ -89,7 +91,7 @@ def ddrm(
     d = operator.dim
 
     def randn() -> Tensor:
-        return torch.randn((b, d), generator=generator, device=y.device, dtype=y.dtype)
+        return _randn((b, d), generator, device=y.device, dtype=y.dtype)
 
     abar_T = float(sched.alphas_cumprod[-1])
     sigma_T = _ve_sigma(abar_T)

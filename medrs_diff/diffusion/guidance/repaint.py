@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..process import check_spatial
 from ..samplers.base import Denoiser, Hook, Model, StepContext, begin_hooks, prepare, progress_iter, randn_like
 from ..samplers.ddpm import ddpm_step
@@ -93,7 +94,7 @@ def repaint(
     clip: bool | tuple[float, float] = False,
     dynamic_threshold: float | None = None,
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     progress: bool | Callable = False,
 ) -> Tensor:
     """Inpaint ``known`` outside ``mask == 0`` with ancestral steps, replacement and jumps.

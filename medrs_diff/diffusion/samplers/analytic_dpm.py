@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..process import check_spatial, q_sample, to_x0_eps
 from ..schedules import Schedule, Spacing
 from .base import (
@@ -69,7 +70,7 @@ def estimate_gamma(
     *,
     prediction_type: str = "eps",
     max_batches: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     progress: bool | Callable = False,
 ) -> AnalyticGamma:
     """Monte-Carlo estimate of Gamma_n at every index of ``schedule`` (respace it first to save work)."""
@@ -83,7 +84,7 @@ def estimate_gamma(
         model = Model(denoise, schedule, prediction_type)
         for index in progress_iter(range(n), n, progress, "analytic-dpm gamma"):
             idx = torch.full((x0.shape[0],), index, device=x0.device, dtype=torch.long)
-            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            eps = randn_like(x0, generator)
             x_t = q_sample(schedule, x0, idx, eps)
             pred, _ = model.raw(x_t, model.timestep(x_t, index))
             _, eps_hat = to_x0_eps(pred, x_t, float(schedule.alphas_cumprod[index]), prediction_type)
@@ -116,7 +117,7 @@ def analytic_dpm(
     clip: bool | tuple[float, float] = False,
     data_range: tuple[float, float] = (-1.0, 1.0),
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     progress: bool | Callable = False,
 ) -> Tensor:
     """Ancestral sampling with the analytic optimal variances (no noise on the final step)."""

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
+from ..generators import randn_like as _randn_like
 from ..process import check_prediction_type, check_spatial, check_variance_type, split_output, to_x0_eps
 from ..schedules import Schedule, Spacing
 
@@ -42,7 +44,7 @@ class StepContext:
     eps: Tensor
     schedule: Schedule
     model: Model
-    generator: torch.Generator | None
+    generator: GeneratorLike
     extra: dict[str, Any]
 
 
@@ -136,7 +138,7 @@ def predict_with_hooks(
     step: int,
     abar_prev: float,
     hooks: Sequence[Hook],
-    generator: torch.Generator | None,
+    generator: GeneratorLike,
 ) -> tuple[StepContext, Tensor | None]:
     """Run the model at schedule index ``index`` and let hooks adjust x0; returns (ctx, v)."""
     needs_grad = any(h.needs_grad for h in hooks)
@@ -189,5 +191,7 @@ def progress_iter(it: Iterable[int], total: int, progress: bool | Callable, desc
     return it
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def randn_like(x: Tensor, generator: GeneratorLike) -> Tensor:
+    """Standard normal noise like ``x`` (per batch element for
+    :class:`~medrs_diff.diffusion.generators.SampleGenerators`)."""
+    return _randn_like(x, generator)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..process import check_spatial
 from ..schedules import Schedule, Spacing
 from .base import (
@@ -35,7 +36,7 @@ def ddim_step(
     eta: float = 0.0,
     step: int = 0,
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
 ) -> Tensor:
     """One DDIM step from schedule index ``index`` to ``index - 1`` (alpha-bar 1 after index 0)."""
     s = model.schedule
@@ -62,7 +63,7 @@ def ddim(
     clip: bool | tuple[float, float] = False,
     dynamic_threshold: float | None = None,
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     progress: bool | Callable = False,
 ) -> Tensor:
     """DDIM sampling; ``eta = 0`` is deterministic, ``eta = 1`` is DDPM on the sub-sequence."""

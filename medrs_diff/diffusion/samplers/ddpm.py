@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..schedules import Schedule, Spacing
 from .base import (
     Denoiser,
@@ -21,7 +22,7 @@ from .base import (
     randn_like,
 )
 
-StepNoise = Callable[[Tensor, int, torch.Generator | None], Tensor]
+StepNoise = Callable[[Tensor, int, GeneratorLike], Tensor]
 
 
 def step_log_variance(model: Model, index: int, v: Tensor | None) -> Tensor | float:
@@ -46,7 +47,7 @@ def ddpm_step(
     index: int,
     step: int = 0,
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     noise_fn: StepNoise | None = None,
 ) -> Tensor:
     """One ancestral step from schedule index ``index`` to ``index - 1`` (to x_0 at index 0)."""
@@ -76,7 +77,7 @@ def ddpm(
     clip: bool | tuple[float, float] = False,
     dynamic_threshold: float | None = None,
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     noise_fn: StepNoise | None = None,
     progress: bool | Callable = False,
 ) -> Tensor:

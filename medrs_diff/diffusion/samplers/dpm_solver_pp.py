@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..schedules import Schedule, Spacing
 from .base import Denoiser, Hook, Model, begin_hooks, finish_step, predict_with_hooks, prepare, progress_iter
 
@@ -39,7 +40,7 @@ def dpm_solver_pp(
     dynamic_threshold: float | None = None,
     lower_order_final: bool = True,
     hooks: Sequence[Hook] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     progress: bool | Callable = False,
 ) -> Tensor:
     """Sample with DPM-Solver++(2M) (``order=2``) or (3M) (``order=3``)."""

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..process import to_x0_eps
 from ..schedules import Schedule, Spacing
-from .base import Denoiser, Hook, Model, prepare
+from .base import Denoiser, Hook, Model, prepare, randn_like
 from .ddim import ddim_sigma
 from .ddpm import posterior_mean, step_log_variance
 
@@ -46,7 +47,7 @@ def paradigms(
     variance: str = "fixed_small",
     clip: bool | tuple[float, float] = False,
     hooks: tuple[Hook, ...] = (),
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     progress: bool | Callable = False,
 ) -> ParadigmsResult:
     """Parallel sampling that reproduces ``ddpm`` (``base='ddpm'``) or ``ddim`` with ``eta``."""
@@ -73,7 +74,7 @@ def paradigms(
     noise = torch.zeros((n, *x_T.shape), device=x_T.device, dtype=x_T.dtype)
     for k in range(n):
         if stds[k] > 0:
-            noise[k] = torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype) * stds[k]
+            noise[k] = randn_like(x_T, generator) * stds[k]
     traj = x_T[None].repeat(n + 1, *([1] * x_T.ndim))  # traj[k] = state before position k
     begin, rounds, nfe = 0, 0, 0
     d = x_T[0].numel()

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..schedules import Schedule
 from .analytic_dpm import analytic_dpm
 from .base import Denoiser, Hook
@@ -69,7 +69,7 @@ class SamplerSpec:
         x_T: Tensor,
         schedule: Schedule,
         *,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
         hooks: Sequence[Hook] = (),
         **options: Any,
     ) -> Tensor:

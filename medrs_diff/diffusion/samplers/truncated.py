@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
+from ..generators import GeneratorLike
 from ..noise import gaussian_like
 from ..process import check_spatial, q_sample_at
 from ..schedules import Schedule
@@ -18,7 +18,7 @@ def truncated_start(
     schedule: Schedule,
     t_start: int,
     *,
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     noise: Tensor | None = None,
 ) -> tuple[Tensor, Schedule]:
     """Diffuse ``x0_hat`` to training timestep ``t_start``; return (x_t', the truncated schedule)."""
@@ -38,7 +38,7 @@ def sample_from_estimate(
     schedule: Schedule,
     *,
     t_start: int,
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     noise: Tensor | None = None,
     **sampler_kwargs,
 ) -> Tensor:
