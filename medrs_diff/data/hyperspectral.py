@@ -127,7 +127,10 @@ def disjoint_split(labels: np.ndarray, patch_size: int, test_fraction: float = 0
     h, w = labels.shape
     if patch_size > min(h, w):
         raise DataError(None, f"patch {patch_size} is larger than the image {h}x{w}", "use a smaller patch_size")
-    block = block_size or 4 * patch_size
+    block = 4 * patch_size if block_size is None else int(block_size)
+    if block < 1:
+        raise DataError(None, f"block_size must be >= 1, got {block_size}",
+                        "use a positive block size (default 4 x patch_size)")
     rng = np.random.default_rng(seed)
     nby, nbx = -(-h // block), -(-w // block)
     is_test_block = rng.random((nby, nbx)) < test_fraction

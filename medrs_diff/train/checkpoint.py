@@ -46,7 +46,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import CheckpointError, MedrsError
-from ..io.atomic import atomic_save
+from ..io.atomic import atomic_save, clean_stale_temporaries
 from ..methods import METHODS
 from ..methods.base import Method
 
@@ -286,32 +286,6 @@ def check_finite_checkpoint(ckpt: Mapping[str, Any], where: str | os.PathLike | 
             "loaded from it would output garbage", "the run diverged before this checkpoint was written: use an "
             "earlier checkpoint, and retrain from it with a lower model.init_args.lr or trainer.gradient_clip_val",
         )
-
-
-# -- temporary files ---------------------------------------------------------------------------------
-#: A temporary checkpoint untouched for this long is left by a killed writer (a live write updates it).
-STALE_TMP_SECONDS = 300.0
-
-
-def clean_stale_temporaries(folder: str | os.PathLike, min_age_s: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Delete the ``.tmp-*`` files an interrupted atomic write left in ``folder`` (not modified for
-    ``min_age_s`` seconds, so a write in progress elsewhere is kept); returns the deleted paths."""
-    import time
-
-    from ..io.atomic import is_temporary
-
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    now, removed = time.time(), []
-    for f in root.iterdir():
-        try:
-            if is_temporary(f) and f.is_file() and now - f.stat().st_mtime >= min_age_s:
-                f.unlink()
-                removed.append(f)
-        except OSError:  # vanished or not ours to delete: leave it
-            continue
-    return removed
 
 
 # -- class paths -----------------------------------------------------------------------------------
