@@ -219,15 +219,22 @@ def _match(index: dict[str, list[Path]], pattern: str, image: Path, folder: Path
 
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the file header (no pixel data read)."""
+    return image_header(path)[:2]
+
+
+def image_header(path: Path) -> tuple[int, int, int | None]:
+    """(H, W, bits per sample: 8, 16, or None for other modes) from the file header (no pixel data read)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             w, h = im.size
+            mode = im.mode
     except Exception as exc:
         raise DataError(path, f"cannot be read as an image ({type(exc).__name__}: {exc})",
                         "check that it is a complete, uncorrupted image file (re-export it)") from exc
-    return int(h), int(w)
+    bits = 16 if mode.startswith("I;16") or mode == "I" else 8 if mode in ("1", "L", "P", "RGB", "RGBA", "LA") else None
+    return int(h), int(w), bits
 
 
 _SCANNED: dict[tuple, tuple[int, int]] = {}
@@ -290,8 +297,8 @@ class _Items(EpochAware, Dataset):
 
     def __init__(self, records: list[dict[str, str]], rule: MaskRule, *, channels: str,
                  resize: tuple[int, int] | None, patch: tuple[int, int] | None, seed: int, length: int | None = None,
-                 apply_fov: bool = False, cache: bool = True) -> None:
-        self.records, self.rule, self.channels = records, rule, channels
+                 apply_fov: bool = False, cache: bool = True, scaling: str = "dn8") -> None:
+        self.records, self.rule, self.channels, self.scaling = records, rule, channels, scaling
         self.resize, self.patch, self.seed = resize, patch, int(seed)
         self.length = len(records) if length is None else int(length)
         self.apply_fov, self.cache = apply_fov, cache
@@ -313,6 +320,9 @@ class _Items(EpochAware, Dataset):
         else:
             raise DataError(path, f"image has {arr.dtype} pixels, not 8- or 16-bit digital numbers",
                             "re-save it as an 8-bit (or 16-bit grey) PNG / TIFF")
+        if f"dn{bits}" != self.scaling:
+            raise DataError(path, f"is a {bits}-bit image but the data module declares scaling {self.scaling!r}",
+                            f"set data.init_args.scaling: dn{bits} (inference maps inputs with the same scaling)")
         arr = np.require(arr, requirements="W") if bits == 8 else arr.astype(np.int32)  # torch needs writable
         x = torch.from_numpy(arr)  # native values (cached compactly)
         if self.channels == "rgb" and x.shape[0] == 1:
@@ -400,6 +410,7 @@ class Clinical2DSegmentationDataModule(DictDataModule):
         mask_pattern: str | None = None,
         fov_pattern: str | None = None,
         channels: str = "rgb",
+        scaling: str = "dn8",
         resize: list[int] | None = None,
         patch_size: list[int] | None = None,
         samples_per_epoch: int | None = None,
@@ -426,6 +437,10 @@ class Clinical2DSegmentationDataModule(DictDataModule):
             raise ArgumentError("layout", f"unknown layout {layout!r}", f"choose one of {', '.join(LAYOUTS)}")
         if channels not in ("rgb", "grey"):
             raise ArgumentError("channels", f"unknown channels {channels!r}", "use 'rgb' (3) or 'grey' (1)")
+        if scaling not in ("dn8", "dn16"):
+            raise ArgumentError("scaling", f"unknown scaling {scaling!r} for 2-D clinical images",
+                                "use dn8 (8-bit files, x / 127.5 - 1) or dn16 (16-bit files)")
+        self.scaling = scaling
         base = LAYOUTS[layout]
         over: dict[str, Any] = {}
         if image_dir is not None:
@@ -570,7 +585,11 @@ class Clinical2DSegmentationDataModule(DictDataModule):
         sizes = []
         for rec in records:
             img = Path(rec[K.IMAGE])
-            hw = image_size(img)
+            h, w, bits = image_header(img)
+            hw = (h, w)
+            if bits is not None and f"dn{bits}" != self.scaling:
+                raise DataError(img, f"is a {bits}-bit image but the data module declares scaling {self.scaling!r}",
+                                f"set data.init_args.scaling: dn{bits} (inference maps inputs with the same scaling)")
             for key, what, rule in ((K.LABEL, "mask", self.rule), (FOV, "field-of-view mask", None)):
                 if key not in rec:
                     continue
@@ -626,7 +645,8 @@ class Clinical2DSegmentationDataModule(DictDataModule):
     def _items(self, records: list[dict[str, str]], train: bool) -> _Items:
         return _Items(records, self.rule, channels=self.channels, resize=self.resize,
                       patch=self.patch_size if train else None, seed=self.seed,
-                      length=self.samples_per_epoch if train else None, apply_fov=self.apply_fov, cache=self.cache)
+                      length=self.samples_per_epoch if train else None, apply_fov=self.apply_fov, cache=self.cache,
+                      scaling=self.scaling)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()  # idempotent: a single-process run need not call it separately

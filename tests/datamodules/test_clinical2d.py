@@ -376,3 +376,18 @@ def test_lossy_multi_class_values_go_to_the_nearest_declared_value():
     np.testing.assert_array_equal(classes_from_plane(plane, label_map={255: 0, 128: 1, 0: 2}),
                                   [[2, 2, 2, 1, 1, 1, 0, 0, 0]])
     np.testing.assert_array_equal(classes_from_plane(plane, threshold=127), [[0, 0, 0, 0, 0, 1, 1, 1, 1]])
+
+
+def test_declared_scaling_must_match_the_files_bit_depth(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        _save(rng.integers(0, 60000, (H, W), dtype=np.uint16), tmp_path / "images" / f"c{i}.png")
+        _save((_classes(rng) * 255).astype(np.uint8), tmp_path / "masks" / f"c{i}.png")
+    with pytest.raises(DataError, match=r"c0\.png: is a 16-bit image but the data module declares scaling 'dn8'"):
+        C2D(str(tmp_path), channels="grey").setup("fit")
+    dm = C2D(str(tmp_path), channels="grey", scaling="dn16", val_fraction=0.34)
+    dm.setup("fit")
+    x = dm.train_dataset[0]["image"]
+    assert x.shape == (1, H, W) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    with pytest.raises(ArgumentError, match="unknown scaling 'zscore'"):
+        C2D(str(tmp_path), scaling="zscore")
