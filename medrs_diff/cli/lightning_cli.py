@@ -19,10 +19,13 @@ the resumed step on. ``fit`` from ``<root>/lightning_logs/version_K/checkpoints/
 
 from __future__ import annotations
 
+import argparse
+import re
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+from ..errors import ArgumentError, MedrsError
 from .quiet import progress_args, quiet_lightning
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -39,6 +42,16 @@ def medrs_cli_class() -> type:
         """LightningCLI whose ``--ckpt_path`` resumes the recipe's model after checking the checkpoint."""
 
         _resume: tuple[str, dict[str, Any]] | None = None
+
+        def init_parser(self, **kwargs: Any) -> Any:  # argument errors raise (one line in main), not print usage
+            parser = super().init_parser(**kwargs)
+            parser.exit_on_error = False
+            return parser
+
+        def _add_subcommands(self, parser: Any, **kwargs: Any) -> None:
+            super()._add_subcommands(parser, **kwargs)
+            for sub in self._subcommand_parsers.values():
+                sub.exit_on_error = False
 
         def _parse_ckpt_path(self) -> None:  # replaces LightningCLI's: no hyper-parameters from the checkpoint
             self._resume = None
@@ -79,14 +92,50 @@ def run_lightning(argv: Sequence[str], *, info: bool = True) -> int:
     args = progress_args(resolve_config_args(list(argv)))
     check_recipe_args(args)
     with quiet_lightning(info=info):
-        medrs_cli_class()(
-            DiffusionTask,
-            DictDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=RecipeConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            auto_configure_optimizers=False,
-        )
+        try:
+            medrs_cli_class()(
+                DiffusionTask,
+                DictDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=RecipeConfigCallback,
+                save_config_kwargs={"overwrite": True},
+                args=args,
+                auto_configure_optimizers=False,
+            )
+        except ValueError as err:  # jsonargparse wraps our errors raised while it builds the classes: unwrap
+            inner = _medrs_cause(err)
+            if inner is None:
+                raise
+            raise inner from None
+        except argparse.ArgumentError as err:  # jsonargparse's multi-line report -> one line
+            raise ArgumentError(args[0] if args else None, condense_parser_error(str(err)),
+                                f"check the option's name and type (`medrs-diff {args[0] if args else 'fit'} --config "
+                                "RECIPE --print_config` lists every option with its value)") from None
     return 0
+
+
+def _medrs_cause(err: BaseException) -> MedrsError | None:
+    """The medrs-diff error ``err`` is or was caused by (through ``__cause__`` / ``__context__``), if any."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, MedrsError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+#: Lines of a jsonargparse error that say what is wrong (the rest lists what each union member expected).
+_DETAIL = re.compile(r"not accepted|Expected a|Got value|Unrecognized|does not|invalid|not a valid|must be|required",
+                     re.IGNORECASE)
+
+
+def condense_parser_error(text: str) -> str:
+    """The key and the most telling lines of a jsonargparse error, on one line."""
+    lines = [line.strip().rstrip(":") for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "invalid arguments"
+    details = [line.lstrip("- ") for line in lines[1:] if _DETAIL.search(line) and not line.startswith("Does not val")]
+    return "; ".join(dict.fromkeys([lines[0], *details[:2]]))

@@ -475,11 +475,9 @@ class DiffusionTask(L.LightningModule):
         record = checkpoint.get("medrs_diff")
         mine = class_path_of(self.method)
         if isinstance(record, Mapping) and isinstance(record.get("method"), Mapping):
-            theirs = record["method"].get("class_path")
-            try:  # older spellings (legacy module paths, short names) name the same class
-                theirs = canonical_method_config(record["method"], where)["class_path"]
-            except MedrsError:
-                pass
+            # older spellings (legacy module paths, short names) name the same class; a class path that is no
+            # registered method is refused here, listing the valid ones (nothing is imported)
+            theirs = canonical_method_config(record["method"], where)["class_path"]
             if theirs != mine:
                 raise CheckpointError(
                     where, f"holds a {record.get('method_name', '?')} model ({theirs}), but this run trains "

@@ -84,6 +84,19 @@ def test_checkpoint_with_nonfinite_weights_is_refused_at_load(good_ckpt, tmp_pat
         _fit(tmp_path / "resume", 4, ckpt_path=bad)
     with pytest.raises(CheckpointError, match="holds non-finite weights"):
         DiffusionTask.load_from_checkpoint(bad)
+    from medrs_diff.inference import Predictor
+
+    with pytest.raises(CheckpointError, match=pattern):  # and by `infer`, before any window runs
+        Predictor.from_checkpoint(bad)
+
+
+def test_resume_from_a_checkpoint_whose_class_path_is_no_method_lists_the_methods(good_ckpt, tmp_path):
+    ckpt = read_checkpoint(good_ckpt)
+    ckpt["medrs_diff"]["method"]["class_path"] = "os.system"
+    task = DiffusionTask(ToyMethod(channels=4, dropout=0.0))
+    with pytest.raises(CheckpointError, match=r"x.ckpt: .*os\.system.*segdiff") as err:
+        task.check_checkpoint(ckpt, tmp_path / "x.ckpt")
+    assert "Fix:" in str(err.value)
 
 
 # -- row 7: a non-finite loss stops training; no checkpoint with non-finite weights is written -----------
