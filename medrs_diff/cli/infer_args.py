@@ -64,7 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by `medrs-diff fit`")
     p.add_argument("--input", required=True,
-                   help="a file or a folder of files of any readable type (NIfTI, GeoTIFF, PNG / JPEG, .npy, ...)")
+                   help="a file or a folder of files of any readable type (NIfTI, GeoTIFF, PNG / JPEG, .npy, ...); "
+                        "for a multi-modal checkpoint also a BraTS case folder <case>/<case>-<m>.nii.gz, a folder "
+                        "of such cases or a flat folder of <case>_<m>.nii.gz files (outputs <case>.nii.gz)")
     p.add_argument("--output", required=True, help="output file (single input) or folder")
     p.add_argument("--sampler", default=None, type=_sampler_choice(), help="default: the method's own")
     p.add_argument("--steps", type=_at_least_one, default=None, help="sampling steps >= 1 (default: the method's)")
@@ -82,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="NaN / Inf voxels in an input: error (refuse the file, the default), fill (set them to the "
                         "file's finite minimum) or mask (fill them for the model, write them as nodata: NaN in float "
                         "outputs, 0 in label outputs plus a 'valid' mask; GeoTIFF: the outputs' nodata value)")
+    p.add_argument("--slice-wise", action=argparse.BooleanOptionalAction, default=None,
+                   help="run a 2-D model over every axial slice of a NIfTI volume (after reorienting to RAS) and "
+                        "write one volume per output on its grid (default: on when the checkpoint trained on "
+                        "slices, `slices: true`)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw training weights, not the EMA ones")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
 
@@ -93,11 +99,11 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           ema=False if args.raw_weights else None)
 
-    def report(src: Path, paths: dict[str, Path]) -> None:
+    def report(src: object, paths: dict[str, Path]) -> None:
         print(f"{src} -> " + ", ".join(str(p) for p in paths.values()), flush=True)
 
     return predictor.predict_files(
         args.input, args.output, sampler=args.sampler, steps=args.steps, n_samples=args.n_samples, seed=args.seed,
         tile=args.tile, overlap=args.overlap, batch=args.batch, progress=False if args.no_progress else None,
-        on_done=report, nan_policy=args.nan_policy,
+        on_done=report, nan_policy=args.nan_policy, slice_wise=args.slice_wise,
     )

@@ -1,11 +1,14 @@
 """Inference: blended sliding-window tiling (MONAI for arrays and volumes, strip-wise for GeoTIFF
-scenes) and :class:`Predictor`, the one entry point the CLI, the quick start and notebooks call."""
+scenes) and :class:`Predictor`, the one entry point the CLI, the quick start and notebooks call; 2-D
+models over 3-D volumes slice by slice (:func:`slice_window_fn`) and multi-modal cases (:mod:`.cases`)."""
 
+from .cases import ModalityCase, find_cases, stack_case
 from .predictor import Predictor, check_device, input_files, output_paths
 from .tiling import (
     FALLBACK_WINDOW,
     MIN_WINDOW,
     WINDOW_MULTIPLE,
+    ChannelwiseScaling,
     blend_window,
     default_window,
     infer_geotiff,
@@ -13,16 +16,20 @@ from .tiling import (
     infer_nifti,
     infer_volume,
     oriented_shape,
+    slice_window_fn,
 )
 
 __all__ = [
     "FALLBACK_WINDOW",
     "MIN_WINDOW",
     "WINDOW_MULTIPLE",
+    "ChannelwiseScaling",
+    "ModalityCase",
     "Predictor",
     "blend_window",
     "check_device",
     "default_window",
+    "find_cases",
     "infer_geotiff",
     "infer_image",
     "infer_nifti",
@@ -30,4 +37,6 @@ __all__ = [
     "input_files",
     "oriented_shape",
     "output_paths",
+    "slice_window_fn",
+    "stack_case",
 ]

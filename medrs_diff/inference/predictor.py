@@ -31,6 +31,7 @@ from .. import io
 from ..data.scaling import ScalingSpec, resolve
 from ..errors import ArgumentError, CheckpointError, DataError, MedrsError
 from ..methods.base import IOSpec, Method, check_sampler
+from .cases import LAYOUTS, ModalityCase, case_grid, find_cases, stack_case
 from .seeding import window_generators
 from .tiling import (
     MAIN_KEY,
@@ -47,15 +48,19 @@ from .tiling import (
     infer_image,
     infer_nifti,
     infer_volume,
+    input_scaling,
     mask_invalid,
     nifti_model_layout,
     nonfinite_error,
     oriented_shape,
+    slice_window_fn,
     valid_output,
 )
 
 PathLike = str | os.PathLike
 Inputs = PathLike | Sequence[PathLike]
+#: One thing to run on: a file, or the modality files of one multi-modal case.
+Source = Path | ModalityCase
 _log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "check_device", "input_files", "output_paths"]
@@ -83,6 +88,7 @@ def _method_from_checkpoint_dict(ckpt: Mapping[str, Any], path: PathLike, ema: b
     from ..train.checkpoint import (
         EMA_FORMAT,
         build_method,
+        check_finite_checkpoint,
         check_state_fits,
         checkpoint_method_config,
         ema_state_dict,
@@ -91,6 +97,7 @@ def _method_from_checkpoint_dict(ckpt: Mapping[str, Any], path: PathLike, ema: b
 
     cfg = checkpoint_method_config(ckpt, path)
     resolve_method_class(cfg["class_path"], path)  # refuses unknown classes with the list of valid ones
+    check_finite_checkpoint(ckpt, path)  # NaN / inf weights would give garbage outputs with exit 0
     try:
         method = build_method(cfg, path)
     except MedrsError:
@@ -153,10 +160,13 @@ def input_files(inputs: Inputs) -> tuple[list[Path], bool]:
     return files, False
 
 
-def output_paths(src: Path, output: Path, keys: Sequence[str], single: bool) -> dict[str, Path]:
+def output_paths(src: Source, output: Path, keys: Sequence[str], single: bool) -> dict[str, Path]:
     """Where each output of ``src`` goes. A single output file (``single`` and a registered suffix) gets
     the main output and ``<stem>_<key><suffix>`` beside it; an output folder gets ``OUT/<name>`` and
-    ``OUT/<key>/<name>``, so the folder pairs one-to-one with a reference folder for ``evaluate``."""
+    ``OUT/<key>/<name>``, so the folder pairs one-to-one with a reference folder for ``evaluate``
+    (a multi-modal case's name is ``<case>.nii.gz``)."""
+    if isinstance(src, ModalityCase):
+        src = Path(src.output_name)
     main = MAIN_KEY if MAIN_KEY in keys else keys[0]
     if single and _is_file_name(output):
         stem, suffix = io.stem_of(output), io.suffix_of(output)
@@ -192,6 +202,10 @@ class Predictor:
     ``scaling``: the data module's model-space scaling (a name such as ``"reflectance"`` or ``"zscore"``,
     a :class:`~medrs_diff.data.scaling.Scaling`, or None for data already in model space).
     ``patch_size``: the training patch size on the output grid (None: unknown), for default windows.
+    ``modalities`` / ``layout``: a multi-modal model's modality tags in channel order and the case layout
+    it trained on (``"flat"`` or ``"brats"``, :mod:`~medrs_diff.inference.cases`); each channel is then
+    scaled on its own, as in training. ``slice_wise``: a 2-D model runs over every axial slice of a NIfTI
+    volume (default from the checkpoint: its data module's ``slices``).
     """
 
     method: Method
@@ -200,6 +214,24 @@ class Predictor:
     scaling: ScalingSpec = None
     patch_size: int | tuple[int, ...] | None = None
     checkpoint: Path | None = None
+    modalities: tuple[str, ...] | None = None
+    layout: str = "flat"
+    slice_wise: bool = False
+
+    def __post_init__(self) -> None:
+        where = str(self.checkpoint) if self.checkpoint is not None else "Predictor"
+        if self.modalities is not None:
+            mods = tuple(str(m) for m in self.modalities)
+            if not mods or len(set(mods)) != len(mods):
+                raise ArgumentError(where, f"modalities must be distinct names, got {list(self.modalities)!r}",
+                                    'list the modality tags in channel order, e.g. ["t1n", "t1c", "t2w", "t2f"]')
+            if len(mods) != self.io_spec.in_channels:
+                raise ArgumentError(where, f"{len(mods)} modalities {list(mods)} for a model with "
+                                    f"{self.io_spec.in_channels} input channel(s)", "give one modality per channel")
+            self.modalities = mods
+        if self.layout not in LAYOUTS:
+            raise ArgumentError(where, f"unknown layout {self.layout!r}", f"choose one of {', '.join(LAYOUTS)}")
+        self.slice_wise = self._slice_wise(self.slice_wise, "slice_wise")
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -214,18 +246,45 @@ class Predictor:
         method = _method_from_checkpoint_dict(ckpt, path, ema)
         data = (checkpoint_data_config(ckpt) or {}).get("init_args") or {}
         patch = data.get("patch_size")
+        mods = data.get("modalities")
+        if mods is not None and (not isinstance(mods, list | tuple) or len(mods) != method.io_spec.in_channels):
+            raise CheckpointError(path, f"records modalities {mods!r} for a model with "
+                                  f"{method.io_spec.in_channels} input channel(s)",
+                                  "use a checkpoint written by `medrs-diff fit` with this data module")
         return cls.from_method(method, scaling=data.get("scaling"), device=dev,
                                patch_size=tuple(patch) if isinstance(patch, list | tuple) else patch,
-                               checkpoint=Path(path))
+                               checkpoint=Path(path), modalities=mods, layout=data.get("layout") or "flat",
+                               slice_wise=bool(data.get("slices", False)) and method.io_spec.spatial_dims == 2)
 
     @classmethod
     def from_method(cls, method: Method, *, scaling: ScalingSpec = None,
                     patch_size: int | Sequence[int] | None = None, device: str | torch.device = "cpu",
-                    checkpoint: Path | None = None) -> Predictor:
-        """Wrap a method built in Python (moved to ``device``, eval mode)."""
+                    checkpoint: Path | None = None, modalities: Sequence[str] | None = None, layout: str = "flat",
+                    slice_wise: bool = False) -> Predictor:
+        """Wrap a method built in Python (moved to ``device``, eval mode); ``modalities``, ``layout`` and
+        ``slice_wise`` as the class describes."""
         dev = check_device(device)
         patch = tuple(patch_size) if isinstance(patch_size, Sequence) else patch_size
-        return cls(method.to(dev).eval(), method.io_spec, dev, scaling, patch, checkpoint)
+        mods = tuple(modalities) if modalities is not None else None
+        return cls(method.to(dev).eval(), method.io_spec, dev, scaling, patch, checkpoint, mods, layout, slice_wise)
+
+    def _slice_wise(self, value: bool | None, name: str = "slice_wise") -> bool:
+        """``value`` (None: :attr:`slice_wise`), refused unless a bool, and for a 3-D model."""
+        if value is None:
+            return self.slice_wise
+        if not isinstance(value, bool | np.bool_):
+            raise ArgumentError(None, f"{name} must be True, False or None, got {value!r}",
+                                "pass slice_wise=True to run a 2-D model over every slice of a volume")
+        if value and self.io_spec.spatial_dims != 2:
+            raise ArgumentError(None, f"{name} runs a 2-D model slice by slice, but this model is "
+                                f"{self.io_spec.spatial_dims}-D (it takes whole volumes)",
+                                "drop --slice-wise (slice_wise=False) for a 3-D model")
+        return bool(value)
+
+    @property
+    def channelwise(self) -> bool:
+        """Whether each input channel is scaled on its own (a multi-modal model, as in training)."""
+        return self.modalities is not None
 
     # -- windows ----------------------------------------------------------------------------------
     def window(self, shape: Sequence[int] | None = None, tile: int | Sequence[int] | None = None) -> tuple[int, ...]:
@@ -292,7 +351,8 @@ class Predictor:
         """Every declared output for one image in data units, channel-first ``(C, *spatial)`` (or
         ``(*spatial)`` for one channel), as float32 arrays ``(C_out, *spatial x grid_factor)``.
 
-        The input is mapped to model space with the checkpoint's scaling, run through blended sliding
+        The input is mapped to model space with the checkpoint's scaling (each channel on its own for a
+        multi-modal model, as in training), run through blended sliding
         windows (MONAI) on :attr:`device`, and the ``data_space`` outputs are mapped back to data units.
         Each window's noise is seeded by ``(seed, case, window start)``: the same array, seed and ``case``
         give the same outputs at any ``batch`` (``case="x.nii.gz"`` reproduces :meth:`predict_files` on a
@@ -313,9 +373,10 @@ class Predictor:
         if t.shape[0] != self.io_spec.in_channels:
             raise DataError(None, f"array has {t.shape[0]} channel(s) but the model expects {self.io_spec.in_channels}",
                             "pass a channel-first array with the model's channels")
-        data, invalid = apply_nan_policy(t.numpy(), "array", nan_policy, 0, "voxel" if dims == 3 else "pixel")
+        data, invalid = apply_nan_policy(t.numpy(), "array", nan_policy, 0, "voxel" if dims == 3 else "pixel",
+                                         per_channel=self.channelwise)
         t = torch.from_numpy(np.ascontiguousarray(data))
-        scaling = resolve(self.scaling, t)
+        scaling = resolve(input_scaling(self.scaling, self.channelwise), t)
         outs = infer_volume(fn, scaling.forward(t), self.window(tuple(t.shape[1:]), tile), overlap, blend, batch,
                             device="cpu", sw_device=self.device, progress=progress)
         result = {}
@@ -344,8 +405,8 @@ class Predictor:
                       steps: int | None = None, n_samples: int | None = None, seed: int = 0,
                       generator: torch.Generator | None = None, tile: int | Sequence[int] | None = None,
                       overlap: float = 0.25, batch: int = 4, progress: bool | None = None,
-                      on_done: Callable[[Path, dict[str, Path]], None] | None = None,
-                      nan_policy: str = "error") -> list[dict[str, Path]]:
+                      on_done: Callable[[Source, dict[str, Path]], None] | None = None,
+                      nan_policy: str = "error", slice_wise: bool | None = None) -> list[dict[str, Path]]:
         """Run on files (a file, a folder or a list; any format of :mod:`medrs_diff.io`) and write every
         declared output on the input's grid (``grid_factor`` times finer for super-resolution).
 
@@ -359,52 +420,75 @@ class Predictor:
         A ``generator`` instead is one stream over every window of every file in order (outputs then
         depend on both). Returns ``{output key: path}`` per input.
 
+        ``slice_wise`` (None: :attr:`slice_wise`, from the checkpoint): a 2-D model runs over every axial
+        slice of a NIfTI volume (reoriented to RAS, as training with ``slices: true``), each slice window
+        seeded by its start ``(x, y, z)``, and writes one NIfTI per output on the volume's grid. A
+        multi-modal model (:attr:`modalities`) takes a BraTS case folder, a folder of cases or a flat
+        folder of ``<case>_<m>.nii.gz`` files (:func:`~medrs_diff.inference.cases.find_cases`), stacks each
+        case's modalities as channels (each scaled on its own) and writes ``<case>.nii.gz`` outputs on the
+        modalities' grid; a 4-D NIfTI with the modalities as channels works too.
+
         Every file is checked before the first one is computed (:meth:`check_files`: output suffixes that
-        fit the writer, writable output folders, volume vs image, channels, NaN / Inf voxels), so a folder
-        with one bad file stops before any output is written. ``nan_policy``: NaN / Inf voxels are refused
-        (``"error"``, naming the file and the count), set to the file's finite minimum (``"fill"``), or
-        filled for the model and written as nodata (``"mask"``: NaN in float outputs, 0 in label outputs
-        plus a ``valid`` output, 1 = finite input voxel; GeoTIFF outputs get the nodata value in their
-        profile instead). Stale temporary files that a killed run left in the output folders are removed
-        first (one log line).
+        fit the writer, writable output folders, volume vs image, channels, NaN / Inf voxels, the modalities
+        of each case and their grids), so a folder with one bad file stops before any output is written.
+        ``nan_policy``: NaN / Inf voxels are refused (``"error"``, naming the file and the count), set to
+        the file's finite minimum (``"fill"``), or filled for the model and written as nodata (``"mask"``:
+        NaN in float outputs, 0 in label outputs plus a ``valid`` output, 1 = finite input voxel; GeoTIFF
+        outputs get the nodata value in their profile instead). Stale temporary files that a killed run
+        left in the output folders are removed first (one log line).
         """
         check_nan_policy(nan_policy)
+        sw = self._slice_wise(slice_wise)
         window_fn = self._prepare(sampler, steps, n_samples, tile, overlap, batch, seed, generator)
-        files, single = input_files(inputs)
+        sources, single = self.input_sources(inputs)
         out = Path(output)
         if not single and (_is_file_name(out) or (out.exists() and not out.is_dir())):
             raise DataError(out, "names a file, but a folder or several inputs need an output folder",
                             "give a folder as the output (OUT/<name>, OUT/<output>/<name>)")
-        plans = self.check_files(files, out, single, tile, nan_policy)  # every file, before any compute
+        plans = self.check_files(sources, out, single, tile, nan_policy, slice_wise=sw)  # before any compute
         _clean_stale_temporaries(plans)
         results = []
-        for src, paths in zip(files, plans, strict=True):
+        for src, paths in zip(sources, plans, strict=True):
             main = next(iter(paths))
             extra = {k: v for k, v in paths.items() if k != main}
-            results.append(self._predict_file(window_fn(src.name), src, paths[main], extra, tile, overlap, batch,
-                                              progress, nan_policy))
+            name = src.output_name if isinstance(src, ModalityCase) else src.name
+            results.append(self._predict_file(window_fn(name), src, paths[main], extra, tile, overlap, batch,
+                                              progress, nan_policy, sw))
             if on_done is not None:
                 on_done(src, results[-1])
         return results
 
-    def check_files(self, files: Sequence[Path], out: Path, single: bool, tile: Any = None,
-                    nan_policy: str = "error") -> list[dict[str, Path]]:
-        """What can be checked before compute, for every file: each input fits the model (volume vs image,
-        channels; NaN / Inf voxels under ``nan_policy="error"``), its window, and each output path (a suffix
-        whose writer holds the output and the input's geometry, a writable folder, not an input, not shared
-        by two inputs). Creates and writes nothing; returns each file's ``{output key: path}``."""
+    def input_sources(self, inputs: Inputs) -> tuple[list[Source], bool]:
+        """What to run on and whether a single input was named: the files of :func:`input_files`, or for a
+        multi-modal model given a folder, its cases (:func:`~medrs_diff.inference.cases.find_cases`; a
+        single case folder counts as a single input)."""
+        if self.modalities is not None and isinstance(inputs, str | os.PathLike) and Path(inputs).is_dir():
+            cases = find_cases(inputs, self.modalities, self.layout)
+            if cases is not None:
+                return list(cases), len(cases) == 1 and cases[0].folder == Path(inputs)
+        files, single = input_files(inputs)
+        return list(files), single
+
+    def check_files(self, files: Sequence[Source], out: Path, single: bool, tile: Any = None,
+                    nan_policy: str = "error", *, slice_wise: bool | None = None) -> list[dict[str, Path]]:
+        """What can be checked before compute, for every file (or multi-modal case): each input fits the
+        model (volume vs image, channels, each modality present and on one grid; NaN / Inf voxels under
+        ``nan_policy="error"``), its window, and each output path (a suffix whose writer holds the output
+        and the input's geometry, a writable folder, not an input, not shared by two inputs). Creates and
+        writes nothing; returns each file's ``{output key: path}``."""
         spec = self.io_spec
+        sw = self._slice_wise(slice_wise)
         labels = self._label_outputs()
         if not (single and _is_file_name(out)):
             io.check_folder_writable(out)
         plans: list[dict[str, Path]] = []
-        claimed: dict[Path, Path] = {}
+        claimed: dict[Path, Source] = {}
         for src in files:
-            kind = io.format_for(src).name
+            kind = "nifti" if isinstance(src, ModalityCase) else io.format_for(src).name
             keys = list(spec.outputs)
             if nan_policy == "mask" and labels and kind != "geotiff":
                 keys.append(VALID_KEY)  # GeoTIFF outputs carry nodata in their profile instead
-            shape, has_affine = self._check_input(src, kind, nan_policy)
+            shape, has_affine = self._check_input(src, kind, nan_policy, sw)
             self.window(shape, tile)
             paths = output_paths(src, out, keys, single)
             for key, path in paths.items():
@@ -418,19 +502,53 @@ class Predictor:
             plans.append(paths)
         return plans
 
-    def _check_input(self, src: Path, kind: str, nan_policy: str) -> tuple[tuple[int, ...], bool]:
+    def _nifti_layout(self, src: Path, shape: Sequence[int], slice_wise: bool) -> tuple[int, ...]:
+        """The spatial shape of a NIfTI of stored ``shape`` for this model, refusing one that does not fit
+        (the channel count, for a multi-modal model, with the ways to give the modalities)."""
+        spec = self.io_spec
+        spatial, channels, _ = nifti_model_layout(shape, spec.spatial_dims, src, None, slice_wise=slice_wise)
+        if channels != spec.in_channels:
+            if self.modalities is not None:
+                mods = ", ".join(self.modalities)
+                sep = "-" if self.layout == "brats" else "_"
+                raise DataError(src, f"has {channels} channel(s) but the model expects {spec.in_channels} "
+                                f"modalities ({mods})",
+                                f"give a folder of <case>{sep}<m>.nii.gz files "
+                                f"{'(a BraTS case folder <case>/<case>-<m>.nii.gz) ' if sep == '-' else ''}"
+                                f"for m in {mods}, or a 4-D NIfTI with them on the 4th axis in that order")
+            nifti_model_layout(shape, spec.spatial_dims, src, spec.in_channels, slice_wise=slice_wise)
+        return spatial
+
+    def _model_shape(self, spatial: Sequence[int], affine: np.ndarray) -> tuple[int, ...]:
+        """The spatial shape a model window sees: the RAS-oriented volume for 3-D models, its axial slice
+        for a 2-D model run slice-wise, else the stored 2-D shape."""
+        if len(spatial) == 3:
+            oriented = oriented_shape(affine, spatial, "RAS")
+            return oriented if self.io_spec.spatial_dims == 3 else oriented[:2]
+        return tuple(spatial)
+
+    def _check_input(self, src: Source, kind: str, nan_policy: str,
+                     slice_wise: bool = False) -> tuple[tuple[int, ...], bool]:
         """The spatial shape the model sees (for its window) and whether the input has an affine; refuses
         an input that does not fit the model or (``nan_policy="error"``) holds NaN / Inf voxels."""
         spec = self.io_spec
         dims, channels = spec.spatial_dims, spec.in_channels
         unit = "voxel" if dims == 3 else "pixel"
+        if isinstance(src, ModalityCase):
+            from ..io.nifti import read_nifti
+
+            grid, affine = case_grid(src)
+            spatial = self._nifti_layout(src.paths[0], (*grid, len(src.paths)), slice_wise)
+            for p in src.paths:
+                check_finite(read_nifti(p).data[..., None], p, nan_policy, -1, unit)
+            return self._model_shape(spatial, affine), True
         if kind == "nifti":
             from ..io.nifti import load_nifti_image, read_nifti
 
             img = load_nifti_image(src)
-            spatial, _, _ = nifti_model_layout(img.shape, dims, src, channels)
+            spatial = self._nifti_layout(src, img.shape, slice_wise)
             check_finite(read_nifti(src).data.reshape(*spatial, -1), src, nan_policy, -1, unit)
-            return oriented_shape(img.affine, spatial, "RAS" if dims == 3 else None), True
+            return self._model_shape(spatial, img.affine), True
         if kind == "geotiff":
             from ..io.geotiff import check_bands, has_valid_data, nonfinite_pixels, open_geotiff
 
@@ -453,39 +571,54 @@ class Predictor:
             check_finite(data, src, nan_policy, 0, unit)
         return tuple(data.shape[1:]), arr.geometry.affine is not None
 
-    def _check_output(self, src: Path, kind: str, path: Path, has_affine: bool) -> None:
+    def _check_output(self, src: Source, kind: str, path: Path, has_affine: bool) -> None:
         """An output path whose writer can hold the output and the input's geometry, in a writable folder."""
         fmt = io.check_writable(path)
-        io.check_output_path(path, [src], create=False)
+        sources = src.paths if isinstance(src, ModalityCase) else [src]
+        io.check_output_path(path, sources, create=False)
+        suffix = ".nii.gz" if isinstance(src, ModalityCase) else io.suffix_of(src)
         if kind in ("nifti", "geotiff") and fmt.name != kind:
             raise DataError(path, f"a {kind} input gives {kind} outputs, not {io.suffix_of(path)}",
-                            f"name the output like the input ({io.suffix_of(src)}) or give a folder")
+                            f"name the output like the input ({suffix}) or give a folder")
         if fmt.name == "nifti" and not has_affine:
             raise DataError(path, f"a NIfTI output needs an affine, and this {kind} input has none",
-                            f"name the output like the input ({io.suffix_of(src)}), .npy or .tif, or give a folder")
+                            f"name the output like the input ({suffix}), .npy or .tif, or give a folder")
         if fmt.name == "image2d" and self.io_spec.spatial_dims == 3:
             raise DataError(path, f"a 3-D model's output cannot be written as a 2-D image ({io.suffix_of(path)})",
                             "name the output .npy or .nii.gz, or give a folder")
 
-    def _predict_file(self, fn: Callable, src: Path, dst: Path, extra: dict[str, Path], tile: Any, overlap: float,
-                      batch: int, progress: bool | None, nan_policy: str = "error") -> dict[str, Path]:
+    def _predict_file(self, fn: Callable, src: Source, dst: Path, extra: dict[str, Path], tile: Any, overlap: float,
+                      batch: int, progress: bool | None, nan_policy: str = "error",
+                      slice_wise: bool = False) -> dict[str, Path]:
         spec = self.io_spec
         restore = "input" if spec.data_space else None
-        kind = io.format_for(src).name
+        case = src if isinstance(src, ModalityCase) else None
+        kind = "nifti" if case is not None else io.format_for(src).name
         if kind in ("nifti", "geotiff") and io.format_for(dst).name != kind:
+            suffix = ".nii.gz" if case is not None else io.suffix_of(src)
             raise DataError(dst, f"a {kind} input gives {kind} outputs, not {io.suffix_of(dst)}",
-                            f"name the output like the input ({io.suffix_of(src)}) or give a folder")
+                            f"name the output like the input ({suffix}) or give a folder")
         common = dict(in_scaling=self.scaling, out_scaling=restore, data_space=spec.data_space,
                       extra_outputs=extra, progress=progress, nan_policy=nan_policy)
         if kind == "nifti":
             from ..io.nifti import load_nifti_image
 
-            img = load_nifti_image(src)
-            orientation = "RAS" if spec.spatial_dims == 3 else None
-            shape = oriented_shape(img.affine, img.shape[: spec.spatial_dims], orientation)
-            return infer_nifti(fn, src, dst, self.window(shape, tile), overlap, batch=batch, orientation=orientation,
+            if case is not None:
+                vol, inputs = stack_case(case), case.paths
+                stored, affine, where = vol.data.shape, vol.affine, case.paths[0]
+            else:
+                img = load_nifti_image(src)
+                vol, inputs, stored, affine, where = src, [src], img.shape, img.affine, src
+            spatial = self._nifti_layout(where, stored, slice_wise)
+            window = self.window(self._model_shape(spatial, affine), tile)
+            slices = spec.spatial_dims == 2 and len(spatial) == 3  # a volume through a 2-D model
+            if slices:
+                fn, window = slice_window_fn(fn), (*window, 1)
+            return infer_nifti(fn, vol, dst, window, overlap, batch=batch,
+                               orientation="RAS" if len(spatial) == 3 else None,
                                expected_channels=spec.in_channels, sw_device=self.device,
-                               label_outputs=self._label_outputs(), **common)
+                               label_outputs=self._label_outputs(), channelwise=self.channelwise, inputs=inputs,
+                               **common)
         if kind == "geotiff" and spec.spatial_dims == 2:
             from ..io.geotiff import open_geotiff
 
@@ -499,4 +632,3 @@ class Predictor:
         return infer_image(fn, arr, dst, self.window(tuple(spatial), tile), overlap, batch=batch,
                            expected_channels=spec.in_channels, label_outputs=self._label_outputs(),
                            device=self.device, **common)
-

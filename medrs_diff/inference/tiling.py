@@ -49,7 +49,7 @@ from ..io.geotiff import (
     undeclared_nonfinite,
     valid_mask,
 )
-from ..io.nifti import nifti_image, read_nifti
+from ..io.nifti import NiftiVolume, nifti_image, read_nifti
 
 Output = torch.Tensor | Mapping[str, torch.Tensor]
 
@@ -305,15 +305,60 @@ def check_finite(data: np.ndarray, path: PathLike | None, policy: str = "error",
 
 
 def apply_nan_policy(data: np.ndarray, path: PathLike | None, policy: str = "error", channel_axis: int = 0,
-                     unit: str = "voxel") -> tuple[np.ndarray, np.ndarray | None]:
+                     unit: str = "voxel", per_channel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """``data`` with its non-finite values handled by ``policy`` (:data:`NAN_POLICIES`, see
-    :func:`check_finite`): ``fill`` / ``mask`` set them to the finite minimum of the file; returns the
-    data and, for ``mask``, the spatial mask to write as nodata (else None)."""
+    :func:`check_finite`): ``fill`` / ``mask`` set them to the finite minimum of the file (``per_channel``:
+    of their own channel, as training does for separately scaled modalities); returns the data and, for
+    ``mask``, the spatial mask to write as nodata (else None)."""
     invalid = check_finite(data, path, policy, channel_axis, unit)
     if invalid is None:
         return data, None
     finite = np.isfinite(data)
-    return np.where(finite, data, data[finite].min()), (invalid if policy == "mask" else None)
+    if per_channel:
+        lows = [c[f].min() if f.any() else data[finite].min()
+                for c, f in zip(np.moveaxis(data, channel_axis, 0), np.moveaxis(finite, channel_axis, 0))]
+        shape = [1] * data.ndim
+        shape[channel_axis] = len(lows)
+        fill = np.asarray(lows, dtype=data.dtype).reshape(shape)
+    else:
+        fill = data[finite].min()
+    return np.where(finite, data, fill), (invalid if policy == "mask" else None)
+
+
+class ChannelwiseScaling:
+    """A scaling spec resolved separately on every channel of an image (``(C, ...)``), giving one
+    :class:`~medrs_diff.data.scaling.Scaling` with per-channel parameters: what training does when it
+    scales each modality of a multi-modal case on its own before stacking them (a data-derived spec such as
+    ``"zscore"`` resolved on the stacked image would pool the modalities). A fixed ``Scaling`` or None is
+    used as it is."""
+
+    def __init__(self, spec: ScalingSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, x: Any) -> Scaling:
+        if self.spec is None or isinstance(self.spec, Scaling):
+            return resolve(self.spec)
+        parts = [resolve(self.spec, x[c : c + 1]) for c in range(int(x.shape[0]))]
+        if len(parts) == 1:
+            return parts[0]
+
+        def per_channel(name: str, missing: float) -> tuple[float, ...] | None:
+            values = [getattr(s, name) for s in parts]
+            if all(v is None for v in values):
+                return None
+            return tuple(missing if v is None else v[0] for v in values)
+
+        kinds = {s.kind for s in parts}
+        return Scaling(kinds.pop() if len(kinds) == 1 else "channelwise", per_channel("offset", 0.0),
+                       per_channel("scale", 1.0), per_channel("clip_min", -np.inf), per_channel("clip_max", np.inf))
+
+    def __repr__(self) -> str:
+        return f"ChannelwiseScaling({self.spec!r})"
+
+
+def input_scaling(spec: ScalingSpec, channelwise: bool) -> ScalingSpec:
+    """``spec``, resolved per channel (:class:`ChannelwiseScaling`) when ``channelwise``."""
+    return ChannelwiseScaling(spec) if channelwise else spec
 
 
 def _resize_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -351,19 +396,27 @@ def _voxels(shape: Sequence[int]) -> str:
     return " x ".join(str(int(n)) for n in shape)
 
 
+#: The way out for a 3-D NIfTI volume given to a 2-D model without slice-wise inference.
+SLICE_WISE_FIX = ("use a 3-D checkpoint, or infer slice-wise: pass --slice-wise (Python: slice_wise=True) to run "
+                  "every axial slice (after reorienting to RAS) and write one volume on the input's grid")
+
+
 def nifti_model_layout(shape: Sequence[int], spatial_dims: int, path: PathLike | None,
-                       expected_channels: int | None = None) -> tuple[tuple[int, ...], int, bool]:
+                       expected_channels: int | None = None,
+                       slice_wise: bool = False) -> tuple[tuple[int, ...], int, bool]:
     """How a ``spatial_dims``-D model reads a NIfTI of stored ``shape``: (spatial shape, channels, whether
     a singleton third axis is dropped). 2-D models take X x Y, X x Y x 1 or X x Y x 1 x C (a slice, C
-    channels); 3-D models X x Y x Z or X x Y x Z x C (Z > 1). A volume given to a 2-D model, a slice
-    given to a 3-D model and a wrong channel count are refused here, by name, before any compute."""
+    channels), and with ``slice_wise`` also volumes X x Y x Z (x C) (the spatial shape then has 3 axes,
+    run slice by slice: :func:`slice_window_fn`); 3-D models X x Y x Z or X x Y x Z x C (Z > 1). A volume
+    given to a 2-D model (not ``slice_wise``), a slice given to a 3-D model and a wrong channel count are
+    refused here, by name, before any compute."""
     shape = tuple(int(n) for n in shape)
     n = len(shape)
     if spatial_dims == 2 and n in (3, 4) and shape[2] > 1:
-        raise DataError(path, f"is a 3-D volume ({_voxels(shape[:3])} voxels"
-                        f"{f', {shape[3]} channels' if n == 4 else ''}) given to a 2-D model",
-                        "use a 3-D checkpoint, or infer slice-wise: save each slice as an X x Y x 1 NIfTI "
-                        "(a 2-D image with C channels is X x Y x 1 x C)")
+        if not slice_wise:
+            raise DataError(path, f"is a 3-D volume ({_voxels(shape[:3])} voxels"
+                            f"{f', {shape[3]} channels' if n == 4 else ''}) given to a 2-D model", SLICE_WISE_FIX)
+        spatial_dims = 3  # every axial slice through the 2-D model: the volume's own grid
     if spatial_dims == 3 and (n == 2 or (n in (3, 4) and shape[2] == 1)):
         raise DataError(path, f"is a 2-D image ({_voxels(shape[:3])} voxels, one slice) given to a 3-D model",
                         "use a 2-D checkpoint for 2-D images, or give the 3-D model a volume of several slices")
@@ -382,15 +435,44 @@ def nifti_model_layout(shape: Sequence[int], spatial_dims: int, path: PathLike |
     return spatial, channels, drop
 
 
-def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_size: Sequence[int],
+def slice_window_fn(fn: WindowFn) -> WindowFn:
+    """A 2-D window function as a 3-D one over windows ``(wx, wy, 1)``: each axial slice window
+    ``(B, C, wx, wy, 1)`` goes through ``fn`` as ``(B, C, wx, wy)`` and its outputs come back with the
+    slice axis. A :class:`PositionalWindowFn` keeps getting each window's start, now ``(x, y, z)``, so
+    per-window seeds differ from slice to slice. With :func:`infer_nifti` (``roi_size=(wx, wy, 1)``,
+    ``orientation="RAS"``) a 2-D model runs over every axial slice of a volume."""
+
+    def lift(out: Output) -> Output:
+        if isinstance(out, torch.Tensor):
+            return out[..., None]
+        return {k: v[..., None] for k, v in _as_dict(out).items()}
+
+    def check(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[-1] != 1:
+            raise ValueError(f"slice-wise windows are (B, C, wx, wy, 1), got {tuple(x.shape)}")
+        return x[..., 0]
+
+    if isinstance(fn, PositionalWindowFn):
+        return PositionalWindowFn(lambda x, starts: lift(fn(check(x), starts)))
+    return lambda x: lift(fn(check(x)))
+
+
+def infer_nifti(predictor: WindowFn, in_path: PathLike | NiftiVolume, out_path: PathLike, roi_size: Sequence[int],
                 overlap: float = 0.25, blend: str = "gaussian", batch: int = 4, *,
                 in_scaling: ScalingSpec = None, out_scaling: OutScaling = None,
                 data_space: Sequence[str] | None = None,
                 orientation: str | None = "RAS", expected_channels: int | None = None,
                 extra_outputs: Mapping[str, PathLike] | None = None, out_dtype: Any = np.float32,
                 device: Any = None, sw_device: Any = None, progress: bool | None = None,
-                nan_policy: str = "error", label_outputs: Sequence[str] = ()) -> dict[str, Path]:
+                nan_policy: str = "error", label_outputs: Sequence[str] = (), channelwise: bool = False,
+                inputs: Sequence[PathLike] | None = None) -> dict[str, Path]:
     """NIfTI in -> NIfTI out(s) on exactly the input's voxel grid (affine and header kept).
+
+    ``in_path`` may also be a :class:`~medrs_diff.io.nifti.NiftiVolume` already in memory (e.g. the
+    modalities of a case stacked as channels, :func:`~medrs_diff.inference.cases.stack_case`); ``inputs``
+    are then the files it came from (never overwritten; default: ``in_path``). ``channelwise``: the
+    channels are separate modalities, scaled one by one (:class:`ChannelwiseScaling`) and NaN-filled with
+    their own minimum, as training scales each modality before stacking them.
 
     The volume is scaled by ``in_scaling`` (name or Scaling; recorded in the output), reoriented to
     ``orientation`` by exact axis flips / permutations (no resampling) for the predictor, and the outputs
@@ -409,15 +491,18 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_
     """
     _check_overlap(overlap)
     check_nan_policy(nan_policy)
+    given = in_path if isinstance(in_path, NiftiVolume) else None
+    in_path = given.path if given is not None else in_path
+    sources = list(inputs) if inputs is not None else [in_path]
     for p in [out_path, *(extra_outputs or {}).values()]:
-        check_output_path(p, [in_path])  # refuse before any work is done
-    vol = read_nifti(in_path)
+        check_output_path(p, sources)  # refuse before any work is done
+    vol = given if given is not None else read_nifti(in_path)
     spatial = len(roi_size)
     _, _, drop_z = nifti_model_layout(vol.data.shape, spatial, in_path, expected_channels)
     data = vol.data[:, :, 0] if drop_z else vol.data
     if data.ndim == spatial:
         data = data[..., None]
-    data, invalid = apply_nan_policy(data, in_path, nan_policy, channel_axis=-1)
+    data, invalid = apply_nan_policy(data, in_path, nan_policy, channel_axis=-1, per_channel=channelwise)
     fwd = inv = None
     if orientation and spatial == 3:
         cur = io_orientation(vol.affine)
@@ -425,7 +510,7 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_
         inv = ornt_transform(axcodes2ornt(orientation), cur)
         data = apply_orientation(data, fwd)
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0)))
-    scale_in = resolve(in_scaling, x)
+    scale_in = resolve(input_scaling(in_scaling, channelwise), x)
     x = scale_in.forward(x)
     run_on = sw_device if sw_device is not None else _device_of(predictor, device)
     outs = _as_dict(infer_volume(predictor, x, roi_size, overlap, blend, batch, device="cpu", sw_device=run_on,
@@ -460,7 +545,7 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_
         arr = arr[..., 0] if arr.shape[-1] == 1 else arr
         images.append(nifti_image(arr.astype(dtype), affine, header=vol.header, dtype=dtype,
                                   scaling=scale_in))
-    with atomic_outputs(list(paths.values()), [in_path]) as tmps:
+    with atomic_outputs(list(paths.values()), sources) as tmps:
         for img, tmp in zip(images, tmps, strict=True):
             img.to_filename(str(tmp))
     return paths
@@ -468,8 +553,8 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike, out_path: PathLike, roi_
 
 #: Axis names of a layout that are spatial (the others are channels, bands or times).
 SPATIAL_AXES = ("x", "y", "z")
-VOLUME_FIX = ("use a 3-D checkpoint, or infer slice-wise: save each slice as a 2-D image (NIfTI: X x Y x 1) "
-              "for this 2-D model")
+VOLUME_FIX = ("use a 3-D checkpoint, or infer slice-wise: save the volume as a NIfTI (X x Y x Z) and pass "
+              "--slice-wise (Python: slice_wise=True), or save each slice as a 2-D image")
 IMAGE_FIX = "use a 2-D checkpoint for 2-D images, or give this 3-D model a volume (e.g. a NIfTI of several slices)"
 
 
