@@ -10,13 +10,16 @@ from .tiling import (
     WINDOW_MULTIPLE,
     ChannelwiseScaling,
     blend_window,
+    decode_votes,
     default_window,
     infer_geotiff,
     infer_image,
     infer_nifti,
     infer_volume,
+    label_dtype,
     oriented_shape,
     slice_window_fn,
+    vote_window_fn,
 )
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "Predictor",
     "blend_window",
     "check_device",
+    "decode_votes",
     "default_window",
     "find_cases",
     "infer_geotiff",
@@ -35,8 +39,10 @@ __all__ = [
     "infer_nifti",
     "infer_volume",
     "input_files",
+    "label_dtype",
     "oriented_shape",
     "output_paths",
     "slice_window_fn",
     "stack_case",
+    "vote_window_fn",
 ]

@@ -41,6 +41,7 @@ from .tiling import (
     apply_nan_policy,
     channel_first,
     check_finite,
+    check_label_votes,
     check_nan_policy,
     default_window,
     image_output_path,
@@ -120,6 +121,30 @@ def _method_from_checkpoint_dict(ckpt: Mapping[str, Any], path: PathLike, ema: b
     check_state_fits(method, state, path, source)
     method.load_state_dict(state, strict=True)
     return method.eval()
+
+
+def checkpoint_label_values(data: Mapping[str, Any], class_path: str | None = None) -> tuple[float, ...] | None:
+    """The label value of each class index, from a data module's ``init_args``: ``label_values`` (sorted, as
+    the data modules order them), else clinical2d's ``label_map`` {value: class} inverted (a class that
+    several values map to gets the smallest of them), else clinical2d's layout map (REFUGE: 255, 128, 0),
+    else None (``num_classes`` / binary: class indices are the values)."""
+    values = data.get("label_values")
+    if values is not None:
+        return tuple(sorted(float(v) for v in values))
+    lmap = data.get("label_map")
+    if lmap is None and class_path and "clinical2d" in class_path.lower() and data.get("num_classes") is None \
+            and data.get("mask_threshold") is None and data.get("label_values") is None:
+        from ..datamodules.clinical2d import LAYOUTS as CLINICAL_LAYOUTS
+
+        layout = CLINICAL_LAYOUTS.get(str(data.get("layout") or "custom"))
+        lmap = layout.label_map if layout is not None else None
+    if lmap is None:
+        return None
+    inverse: dict[int, float] = {}
+    for value, cls in dict(lmap).items():
+        c, v = int(cls), float(value)
+        inverse[c] = min(v, inverse.get(c, v))
+    return tuple(inverse[c] for c in sorted(inverse))
 
 
 def _positive(name: str, value: Any) -> None:
@@ -206,6 +231,9 @@ class Predictor:
     it trained on (``"flat"`` or ``"brats"``, :mod:`~medrs_diff.inference.cases`); each channel is then
     scaled on its own, as in training. ``slice_wise``: a 2-D model runs over every axial slice of a NIfTI
     volume (default from the checkpoint: its data module's ``slices``).
+    ``label_values``: the data's label value of each class index 0..K-1 (None: the indices themselves;
+    from the checkpoint: :func:`checkpoint_label_values`, BraTS ``(0, 1, 2, 4)``); label outputs are
+    stitched as votes and written (and returned) in these values.
     """
 
     method: Method
@@ -217,6 +245,7 @@ class Predictor:
     modalities: tuple[str, ...] | None = None
     layout: str = "flat"
     slice_wise: bool = False
+    label_values: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         where = str(self.checkpoint) if self.checkpoint is not None else "Predictor"
@@ -232,6 +261,31 @@ class Predictor:
         if self.layout not in LAYOUTS:
             raise ArgumentError(where, f"unknown layout {self.layout!r}", f"choose one of {', '.join(LAYOUTS)}")
         self.slice_wise = self._slice_wise(self.slice_wise, "slice_wise")
+        self.label_values = self._check_label_values(self.label_values, where)
+
+    def _check_label_values(self, values: Sequence[float] | None, where: str) -> tuple[float, ...]:
+        """``values`` (None: ``0 .. K-1``) as floats, one per class of the method (``num_classes``, else 2)."""
+        k = int(getattr(self.method, "num_classes", 2))
+        if values is None:
+            return tuple(float(c) for c in range(k))
+        try:
+            vals = tuple(float(v) for v in values)
+        except (TypeError, ValueError) as err:
+            raise ArgumentError(where, f"label_values must be numbers, got {values!r}",
+                                "list the data's label value of each class, e.g. [0, 1, 2, 4]") from err
+        if self._label_outputs() and len(vals) != k:
+            raise ArgumentError(where, f"{len(vals)} label_values {list(vals)} for a method with {k} classes",
+                                f"give one value per class ({k}), background first, or match num_classes")
+        try:
+            check_label_votes({"label_values": vals})
+        except ArgumentError as err:
+            raise ArgumentError(where, f"label_values {list(vals)} are not distinct finite numbers ({err.problem})",
+                                "list the data's label value of each class once, e.g. [0, 1, 2, 4]") from err
+        return vals
+
+    def _label_votes(self) -> dict[str, tuple[float, ...]]:
+        """``{label output: label values}``: what the tiling functions stitch as votes."""
+        return {k: tuple(self.label_values or ()) for k in self._label_outputs()}
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -251,22 +305,26 @@ class Predictor:
             raise CheckpointError(path, f"records modalities {mods!r} for a model with "
                                   f"{method.io_spec.in_channels} input channel(s)",
                                   "use a checkpoint written by `medrs-diff fit` with this data module")
+        data_config = checkpoint_data_config(ckpt) or {}
         return cls.from_method(method, scaling=data.get("scaling"), device=dev,
                                patch_size=tuple(patch) if isinstance(patch, list | tuple) else patch,
-                               checkpoint=Path(path), modalities=mods, layout=data.get("layout") or "flat",
-                               slice_wise=bool(data.get("slices", False)) and method.io_spec.spatial_dims == 2)
+                               checkpoint=Path(path), modalities=mods,
+                               layout=(data.get("layout") or "flat") if mods is not None else "flat",
+                               slice_wise=bool(data.get("slices", False)) and method.io_spec.spatial_dims == 2,
+                               label_values=checkpoint_label_values(data, data_config.get("class_path")))
 
     @classmethod
     def from_method(cls, method: Method, *, scaling: ScalingSpec = None,
                     patch_size: int | Sequence[int] | None = None, device: str | torch.device = "cpu",
                     checkpoint: Path | None = None, modalities: Sequence[str] | None = None, layout: str = "flat",
-                    slice_wise: bool = False) -> Predictor:
-        """Wrap a method built in Python (moved to ``device``, eval mode); ``modalities``, ``layout`` and
-        ``slice_wise`` as the class describes."""
+                    slice_wise: bool = False, label_values: Sequence[float] | None = None) -> Predictor:
+        """Wrap a method built in Python (moved to ``device``, eval mode); ``modalities``, ``layout``,
+        ``slice_wise`` and ``label_values`` as the class describes."""
         dev = check_device(device)
         patch = tuple(patch_size) if isinstance(patch_size, Sequence) else patch_size
         mods = tuple(modalities) if modalities is not None else None
-        return cls(method.to(dev).eval(), method.io_spec, dev, scaling, patch, checkpoint, mods, layout, slice_wise)
+        return cls(method.to(dev).eval(), method.io_spec, dev, scaling, patch, checkpoint, mods, layout, slice_wise,
+                   label_values)
 
     def _slice_wise(self, value: bool | None, name: str = "slice_wise") -> bool:
         """``value`` (None: :attr:`slice_wise`), refused unless a bool, and for a 3-D model."""
@@ -349,7 +407,8 @@ class Predictor:
                       blend: str = "gaussian", progress: bool | None = False, case: str = "",
                       nan_policy: str = "error") -> dict[str, np.ndarray]:
         """Every declared output for one image in data units, channel-first ``(C, *spatial)`` (or
-        ``(*spatial)`` for one channel), as float32 arrays ``(C_out, *spatial x grid_factor)``.
+        ``(*spatial)`` for one channel), as float32 arrays ``(C_out, *spatial x grid_factor)``. Label
+        outputs are stitched as votes and hold :attr:`label_values` (integral floats, one channel).
 
         The input is mapped to model space with the checkpoint's scaling (each channel on its own for a
         multi-modal model, as in training), run through blended sliding
@@ -378,11 +437,12 @@ class Predictor:
         t = torch.from_numpy(np.ascontiguousarray(data))
         scaling = resolve(input_scaling(self.scaling, self.channelwise), t)
         outs = infer_volume(fn, scaling.forward(t), self.window(tuple(t.shape[1:]), tile), overlap, blend, batch,
-                            device="cpu", sw_device=self.device, progress=progress)
+                            device="cpu", sw_device=self.device, progress=progress, label_votes=self._label_votes())
         result = {}
+        votes = self._label_votes()
         for k in self.io_spec.outputs:
             y = outs[k].float()
-            if k in self.io_spec.data_space:
+            if k in self.io_spec.data_space and k not in votes:
                 y = scaling.inverse(y)
             result[k] = y.cpu().numpy()
         labels = [k for k in self._label_outputs() if k in result]
@@ -618,7 +678,7 @@ class Predictor:
                                orientation="RAS" if len(spatial) == 3 else None,
                                expected_channels=spec.in_channels, sw_device=self.device,
                                label_outputs=self._label_outputs(), channelwise=self.channelwise, inputs=inputs,
-                               **common)
+                               label_votes=self._label_votes(), **common)
         if kind == "geotiff" and spec.spatial_dims == 2:
             from ..io.geotiff import open_geotiff
 
@@ -626,9 +686,9 @@ class Predictor:
                 shape = (r.height, r.width)
             return infer_geotiff(fn, src, dst, tile=self.window(shape, tile), overlap=overlap, batch=batch,
                                  expected_bands=spec.in_channels, scale=spec.grid_factor, device=self.device,
-                                 **common)
+                                 label_votes=self._label_votes(), **common)
         arr = io.read(src)
         spatial = channel_first(arr.data, arr.geometry.layout, spec.spatial_dims, src)[0].shape[1:]
         return infer_image(fn, arr, dst, self.window(tuple(spatial), tile), overlap, batch=batch,
                            expected_channels=spec.in_channels, label_outputs=self._label_outputs(),
-                           device=self.device, **common)
+                           label_votes=self._label_votes(), device=self.device, **common)

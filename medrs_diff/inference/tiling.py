@@ -14,6 +14,14 @@ Three file paths: :func:`infer_nifti` (volumes in memory, reoriented to RAS for 
 strip-wise writes) and :func:`infer_image` (any other registered format, e.g. PNG / JPEG clinical
 images and ``.npy`` arrays, in memory). :func:`default_window` picks a window from the training patch
 size so that time grows linearly with the image and memory per window stays flat.
+
+Label outputs (class indices, e.g. a segmenter's ``prediction``) are never averaged: with ``label_votes``
+``{key: label values}`` each window's class map becomes K one-hot vote channels (:func:`vote_window_fn`),
+the votes are blended like any output, and right after stitching each pixel gets the value of the class
+with the largest weighted vote (ties: the lower class; :func:`decode_votes`). Where one window covers a
+pixel it is that window's class, exactly; at seams a weighted majority. The stitched map of K channels
+lives in memory (K x the volume, float32) until decoded. Labels are written as integers where the format
+allows (:func:`label_dtype`: uint8, else int16; GeoTIFF: :func:`geotiff_label_format`).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import rasterio
 import torch
+import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from rasterio.transform import Affine
@@ -37,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .. import io
 from ..data.scaling import Scaling, ScalingSpec, resolve
-from ..errors import ArgumentError, DataError
+from ..errors import ArgumentError, DataError, MedrsError
 from ..io.atomic import atomic_outputs, check_output_path
 from ..io.geotiff import (
     check_bands,
@@ -158,6 +167,111 @@ def blend_window(size: Sequence[int], blend: str = "gaussian", sigma_scale: floa
     return w.clamp_min(min_weight).float()
 
 
+#: ``label_votes``: label output key -> the value written for each class index 0..K-1 (K = its length).
+LabelVotes = Mapping[str, Sequence[float]]
+
+
+def check_label_votes(label_votes: LabelVotes | None) -> dict[str, tuple[float, ...]]:
+    """``label_votes`` as ``{key: values}``; refuses fewer than 2, repeated or non-finite values."""
+    out: dict[str, tuple[float, ...]] = {}
+    for key, values in (label_votes or {}).items():
+        try:
+            vals = tuple(float(v) for v in values)
+        except (TypeError, ValueError) as err:
+            raise ArgumentError(f"label_votes[{key!r}]", f"must be a list of numbers, got {values!r}",
+                                "give the value written for each class index 0..K-1, e.g. [0, 1, 2, 4]") from err
+        if len(vals) < 2 or len(set(vals)) != len(vals) or not all(math.isfinite(v) for v in vals):
+            raise ArgumentError(f"label_votes[{key!r}]", f"must list at least 2 distinct finite label values (one "
+                                f"per class), got {list(values)}",
+                                "give the value written for each class index 0..K-1, e.g. [0, 1, 2, 4]")
+        out[str(key)] = vals
+    return out
+
+
+def one_hot_votes(y: torch.Tensor, num_classes: int, key: str = MAIN_KEY) -> torch.Tensor:
+    """A window's class map ``(B, 1, *spatial)`` (indices 0..K-1, any float or integer dtype) as K one-hot
+    vote channels ``(B, K, *spatial)`` (float32); ``MedrsError`` on values that are not class indices."""
+    k = int(num_classes)
+    if y.ndim < 3 or y.shape[1] != 1:
+        raise MedrsError(f"label output '{key}'", f"has shape {tuple(y.shape)}, not (B, 1, *spatial) class indices",
+                         "return one channel of class indices for a label output")
+    idx = y[:, 0].float()
+    bad = ~torch.isfinite(idx) | (idx != torch.round(idx)) | (idx < 0) | (idx > k - 1)
+    if bool(bad.any()):
+        found = torch.unique(idx[bad])[:5].tolist()
+        raise MedrsError(f"label output '{key}'", f"holds values {found} that are not class indices 0..{k - 1}",
+                         "return class indices (argmax / threshold) for label outputs, with the method's num_classes")
+    return F.one_hot(idx.long(), k).movedim(-1, 1).to(torch.float32)
+
+
+def vote_window_fn(fn: WindowFn, label_votes: LabelVotes | None) -> WindowFn:
+    """``fn`` whose label outputs (the keys of ``label_votes``) come back as one-hot votes
+    (:func:`one_hot_votes`, K = the number of label values), so blending windows sums their votes;
+    ``fn`` itself when there are none. Keeps :class:`PositionalWindowFn`."""
+    classes = {k: len(v) for k, v in check_label_votes(label_votes).items()}
+    if not classes:
+        return fn
+
+    def convert(out: Output) -> Output:
+        if isinstance(out, torch.Tensor):
+            return one_hot_votes(out, classes[MAIN_KEY], MAIN_KEY) if MAIN_KEY in classes else out
+        return {k: one_hot_votes(v, classes[k], k) if k in classes else v for k, v in _as_dict(out).items()}
+
+    if isinstance(fn, PositionalWindowFn):
+        return PositionalWindowFn(lambda x, starts: convert(fn(x, starts)))
+    return lambda x: convert(fn(x))
+
+
+def decode_votes(votes: np.ndarray | torch.Tensor, values: Sequence[float], channel_axis: int = 0) -> np.ndarray:
+    """Stitched votes (K channels on ``channel_axis``) -> one channel holding ``values[c]`` of the class ``c``
+    with the largest vote (ties: the lower class, as ``np.argmax``), float32."""
+    v = votes.detach().cpu().numpy() if isinstance(votes, torch.Tensor) else np.asarray(votes)
+    if v.shape[channel_axis] != len(values):
+        raise ValueError(f"{v.shape[channel_axis]} vote channels for {len(values)} label values")
+    idx = np.argmax(v, axis=channel_axis)
+    return np.expand_dims(np.asarray(values, np.float32)[idx], channel_axis)
+
+
+def label_dtype(values: Sequence[float]) -> np.dtype:
+    """The dtype label ``values`` are written in: uint8 (integers 0..255), int16 (other integers that fit),
+    else float32 (non-integral label values)."""
+    v = np.asarray(values, np.float64)
+    if v.size and np.all(v == np.round(v)):
+        if v.min() >= 0 and v.max() <= 255:
+            return np.dtype(np.uint8)
+        if v.min() >= -32767 and v.max() <= 32767:
+            return np.dtype(np.int16)
+    return np.dtype(np.float32)
+
+
+def geotiff_label_format(values: Sequence[float], nodata: bool) -> tuple[str, float | None]:
+    """GeoTIFF dtype and nodata of a label output of ``values``: :func:`label_dtype`, with (``nodata``) a nodata
+    value that is no label: 255 (uint8), else -32768 (int16), else NaN (float32)."""
+    dt = label_dtype(values)
+    if not nodata:
+        return dt.name, None
+    if dt == np.uint8 and 255 not in set(values):
+        return "uint8", 255.0
+    if dt != np.float32:
+        return "int16", -32768.0
+    return "float32", float("nan")
+
+
+def _label_keys(label_outputs: Sequence[str], votes: Mapping[str, Any], outs: Mapping[str, Any]) -> list[str]:
+    """The label outputs present: ``label_outputs`` and the voted ones, in order."""
+    return [k for k in dict.fromkeys([*label_outputs, *votes]) if k in outs]
+
+
+def _not_voted(mapped: set[str], votes: Mapping[str, Any], data_space: Sequence[str] | None) -> set[str]:
+    """``mapped`` without the voted label outputs (class values are never data units); refuses a voted output
+    named in ``data_space``."""
+    both = sorted(set(data_space or ()) & set(votes))
+    if both:
+        raise ArgumentError(None, f"output(s) {both} are label outputs (label_votes) and also in data_space",
+                            "map only intensity outputs back to data units: drop them from data_space")
+    return mapped - set(votes)
+
+
 def _as_dict(out: Output) -> dict[str, torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return {MAIN_KEY: out}
@@ -192,8 +306,12 @@ def _check_overlap(overlap: float) -> None:
 
 def infer_volume(predictor: WindowFn, image: torch.Tensor, roi_size: Sequence[int] | int, overlap: float = 0.25,
                  blend: str = "gaussian", batch: int = 4, *, device: Any = None, sw_device: Any = None,
-                 progress: bool | None = False, padding_mode: str = "replicate") -> Output:
+                 progress: bool | None = False, padding_mode: str = "replicate",
+                 label_votes: LabelVotes | None = None) -> Output:
     """Sliding-window inference (MONAI) over a (C, *spatial) or (B, C, *spatial) tensor.
+
+    ``label_votes`` ``{key: label values}``: those outputs are class indices, stitched as weighted votes and
+    returned as one channel of the winning class's label value (see the module docstring).
 
     ``device`` holds the stitched output (keep the whole volume on CPU), ``sw_device`` runs the windows
     (e.g. ``"cuda"``). Returns a tensor (or dict of tensors) shaped like the input but with C_out channels
@@ -212,6 +330,8 @@ def infer_volume(predictor: WindowFn, image: torch.Tensor, roi_size: Sequence[in
     roi = tuple(r if r > 0 else s for r, s in zip(roi, x.shape[2:]))
     sw_dev = torch.device(sw_device) if sw_device is not None else _device_of(predictor, None)
     weights = blend_window(roi, blend)[None, None]  # MONAI pads inputs smaller than the roi
+    votes = check_label_votes(label_votes)
+    predictor = vote_window_fn(predictor, votes)
     positional = isinstance(predictor, PositionalWindowFn)
     fn = (lambda w, slices: predictor(w, [_slice_starts(s) for s in slices])) if positional else predictor
     with torch.inference_mode():
@@ -220,6 +340,11 @@ def infer_volume(predictor: WindowFn, image: torch.Tensor, roi_size: Sequence[in
                                        device=device if device is not None else x.device,
                                        progress=show_progress(progress), roi_weight_map=weights.to(sw_dev),
                                        with_coord=positional)
+    if votes:
+        if isinstance(out, torch.Tensor):
+            out = torch.from_numpy(decode_votes(out, votes[MAIN_KEY], 1)) if MAIN_KEY in votes else out
+        else:
+            out = {k: torch.from_numpy(decode_votes(v, votes[k], 1)) if k in votes else v for k, v in out.items()}
     if squeeze:
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
     return out
@@ -465,7 +590,7 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike | NiftiVolume, out_path: 
                 extra_outputs: Mapping[str, PathLike] | None = None, out_dtype: Any = np.float32,
                 device: Any = None, sw_device: Any = None, progress: bool | None = None,
                 nan_policy: str = "error", label_outputs: Sequence[str] = (), channelwise: bool = False,
-                inputs: Sequence[PathLike] | None = None) -> dict[str, Path]:
+                inputs: Sequence[PathLike] | None = None, label_votes: LabelVotes | None = None) -> dict[str, Path]:
     """NIfTI in -> NIfTI out(s) on exactly the input's voxel grid (affine and header kept).
 
     ``in_path`` may also be a :class:`~medrs_diff.io.nifti.NiftiVolume` already in memory (e.g. the
@@ -487,7 +612,9 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike | NiftiVolume, out_path: 
     set to the finite minimum (``fill``), or filled for the model and written as nodata (``mask``):
     NaN in every float output, 0 in the ``label_outputs`` (NIfTI has no nodata value), and a uint8
     ``valid`` output (1 = finite input voxel) beside them (``<stem>_valid`` or ``extra_outputs["valid"]``).
-    Returns ``{key: path}``; all files appear only when all succeed.
+    ``label_votes`` ``{key: label values}``: label outputs stitched as votes (module docstring), written in
+    those values as :func:`label_dtype` (uint8 / int16) instead of ``out_dtype``; they count as
+    ``label_outputs`` too. Returns ``{key: path}``; all files appear only when all succeed.
     """
     _check_overlap(overlap)
     check_nan_policy(nan_policy)
@@ -513,13 +640,15 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike | NiftiVolume, out_path: 
     scale_in = resolve(input_scaling(in_scaling, channelwise), x)
     x = scale_in.forward(x)
     run_on = sw_device if sw_device is not None else _device_of(predictor, device)
+    votes = check_label_votes(label_votes)
     outs = _as_dict(infer_volume(predictor, x, roi_size, overlap, blend, batch, device="cpu", sw_device=run_on,
-                                 progress=progress))
-    labels = [k for k in label_outputs if k in outs]
+                                 progress=progress, label_votes=votes))
+    labels = _label_keys(label_outputs, votes, outs)
     masking = nan_policy == "mask"
     keys = [*outs, VALID_KEY] if masking and labels else list(outs)
     paths = _default_paths(Path(out_path), keys, extra_outputs)
-    mapped, scale_out = _mapped_keys(paths, data_space), _out_scaling(out_scaling, scale_in)
+    mapped = _not_voted(_mapped_keys(paths, data_space), votes, data_space)
+    scale_out = _out_scaling(out_scaling, scale_in)
     if invalid is None:  # stored voxel order, as the outputs are written
         invalid = np.zeros(vol.data.shape[:spatial], bool)
     images, grid = [], None
@@ -538,7 +667,7 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike | NiftiVolume, out_path: 
                 arr = mask_invalid(arr, invalid, key in labels, -1)
             if labels and key == labels[0]:
                 grid = arr.shape[:spatial]
-            dtype = out_dtype
+            dtype = label_dtype(votes[key]) if key in votes else out_dtype
         affine = _zoomed_affine(vol.affine, vol.data.shape[:spatial], arr.shape[:spatial])
         if drop_z:  # back to the input's X x Y x 1 (x C)
             arr = arr[:, :, None]
@@ -618,7 +747,7 @@ def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path:
                 expected_channels: int | None = None,
                 extra_outputs: Mapping[str, PathLike] | None = None, device: Any = None,
                 progress: bool | None = None, read_kwargs: Mapping[str, Any] | None = None,
-                nan_policy: str = "error") -> dict[str, Path]:
+                nan_policy: str = "error", label_votes: LabelVotes | None = None) -> dict[str, Path]:
     """Any registered file read in memory (PNG / JPEG / BMP / GIF clinical images, ``.npy``, cubes...)
     -> outputs of the same kind and geometry, through MONAI sliding windows of ``roi_size``.
 
@@ -628,7 +757,9 @@ def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path:
     ``label_outputs`` (masks) are rounded and written as PNG, the others as float TIFF ``<stem>.tif``
     (see :func:`image_output_path`). ``nan_policy`` as in :func:`infer_nifti` (masked pixels: NaN in float
     outputs, 0 in label outputs plus a ``valid`` output, 1 = finite input pixel, written like a label).
-    The returned ``{key: path}`` names the files written.
+    ``label_votes`` ``{key: label values}``: label outputs stitched as votes (module docstring), holding
+    those values; written as integers (:func:`label_dtype`) in 2-D images and ``.npy`` / ``.npz`` (other
+    formats: float32). The returned ``{key: path}`` names the files written.
     """
     _check_overlap(overlap)
     check_nan_policy(nan_policy)
@@ -645,12 +776,14 @@ def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path:
     scale_in = resolve(in_scaling, x)
     x = scale_in.forward(x)
     run_on = _device_of(predictor, device)
+    votes = check_label_votes(label_votes)
     outs = _as_dict(infer_volume(predictor, x, roi_size, overlap, blend, batch, device="cpu", sw_device=run_on,
-                                 progress=progress))
-    labels = [k for k in label_outputs if k in outs]
+                                 progress=progress, label_votes=votes))
+    labels = _label_keys(label_outputs, votes, outs)
     masking = nan_policy == "mask"
     planned = _default_paths(Path(out_path), [*outs, VALID_KEY] if masking and labels else list(outs), extra_outputs)
-    mapped, scale_out = _mapped_keys(planned, data_space), _out_scaling(out_scaling, scale_in)
+    mapped = _not_voted(_mapped_keys(planned, data_space), votes, data_space)
+    scale_out = _out_scaling(out_scaling, scale_in)
     if invalid is None:
         invalid = np.zeros(data.shape[1:], bool)
     arrays, paths = {}, {}
@@ -666,6 +799,8 @@ def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path:
                 y = np.round(y)
             if masking:
                 y = mask_invalid(y, invalid, key in labels, 0)
+            if key in votes and io.format_for(path).name in ("image2d", "numpy"):
+                y = y.astype(label_dtype(votes[key]))
         paths[key] = image_output_path(path, key in labels or key == VALID_KEY)
         arrays[key] = _restore_layout(y, where)
     geometry = src.geometry
@@ -721,7 +856,8 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
                   data_space: Sequence[str] | None = None,
                   out_band_names: Sequence[str] | None = None, extra_outputs: Mapping[str, PathLike] | None = None,
                   out_nodata: float | None = None, out_dtype: Any = "float32", device: Any = None,
-                  progress: bool | None = None, nan_policy: str = "error") -> dict[str, Path]:
+                  progress: bool | None = None, nan_policy: str = "error",
+                  label_votes: LabelVotes | None = None) -> dict[str, Path]:
     """GeoTIFF in -> GeoTIFF out(s) on the input's map grid, for scenes larger than memory.
 
     Tiles of ``tile`` pixels overlapping by ``overlap`` (fraction) are read with rasterio windows, scaled
@@ -738,6 +874,11 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
     (``error``, the default), set to the band's finite minimum (``fill``) or treated as nodata
     (``mask``: ``out_nodata`` in every output, set as the outputs' nodata). Returns ``{key: path}``;
     outputs appear only when the whole scene succeeded.
+
+    ``label_votes`` ``{key: label values}``: label outputs stitched as votes (module docstring), decoded
+    per strip after normalisation, and written as one band in those values with the dtype and nodata of
+    :func:`geotiff_label_format` (uint8 with nodata 255, else int16 with -32768; nodata only where the
+    float outputs have one), not ``out_dtype`` / ``out_nodata``.
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
     _check_overlap(overlap)
@@ -748,6 +889,8 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
     for p in [out_path, *(extra_outputs or {}).values()]:
         check_output_path(p, [in_path])  # refuse before any work is done
     dev = _device_of(predictor, device)
+    votes = check_label_votes(label_votes)
+    predictor = vote_window_fn(predictor, votes)
     with open_geotiff(in_path) as src:
         idx = check_bands(in_path, src.count, bands, expected_bands)
         if not has_valid_data(in_path, idx):
@@ -774,6 +917,7 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
             wsum = np.zeros((hh * s, W * s), np.float64)
             valid = np.zeros((hh, W), bool)  # input pixels of the strip holding data
             dsts: dict[str, Any] = {}
+            fmts: dict[str, tuple[Any, float | None]] = {}  # per output: dtype, nodata
             mapped: set[str] = set()
             for r, y0 in enumerate(ys):
                 for b0 in range(0, len(xs), batch):
@@ -794,11 +938,13 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
                         paths = _default_paths(Path(out_path), list(outs), extra_outputs)
                         tmps = stack.enter_context(atomic_outputs(list(paths.values()), [in_path]))
                         main = next(iter(paths))
-                        mapped = _mapped_keys(paths, data_space)
+                        mapped = _not_voted(_mapped_keys(paths, data_space), votes, data_space)
                         for key, tmp in zip(paths, tmps, strict=True):
                             y = outs[key]
-                            prof = geotiff_profile(H * s, W * s, y.shape[1], out_dtype, src.crs, out_transform,
-                                                   out_nodata)
+                            fmts[key] = (geotiff_label_format(votes[key], out_nodata is not None) if key in votes
+                                         else (out_dtype, out_nodata))
+                            prof = geotiff_profile(H * s, W * s, 1 if key in votes else y.shape[1], fmts[key][0],
+                                                   src.crs, out_transform, fmts[key][1])
                             dsts[key] = stack.enter_context(rasterio.open(tmp, "w", **prof))
                             set_band_metadata(dsts[key], out_band_names if key == main else None,
                                               scale_out if key in mapped else None,
@@ -822,9 +968,12 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
                 ok_rows = np.repeat(np.repeat(valid[:done], s, axis=0), s, axis=1)
                 for key, dst in dsts.items():
                     vals = acc[key][:, : done * s] / wsum[None, : done * s]
-                    if out_nodata is not None:
-                        vals = np.where(ok_rows[None], vals, out_nodata)
-                    dst.write(vals.astype(out_dtype), window=Window(0, y0 * s, W * s, done * s))
+                    if key in votes:
+                        vals = decode_votes(vals, votes[key], 0)
+                    dtype, nd = fmts[key]
+                    if nd is not None:
+                        vals = np.where(ok_rows[None], vals, nd)
+                    dst.write(vals.astype(dtype), window=Window(0, y0 * s, W * s, done * s))
                     acc[key] = _shift_up(acc[key], done * s)
                 wsum, valid = _shift_up(wsum, done * s), _shift_up(valid, done)
             bar.close()

@@ -3,15 +3,22 @@ discriminative baselines; all share the contract in :mod:`.base`."""
 
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
+from .medsegdiff import MedSegDiffV1
+from .medsegdiff_v2 import MedSegDiffV2
 from .segdiff import SegDiff
 from .srdiff import SRDiff
 
 #: Registered methods by short name (recipes and checkpoints may name them so).
 METHODS: dict[str, type[Method]] = {
     "segdiff": SegDiff,
+    "medsegdiff_v1": MedSegDiffV1,
+    "medsegdiff_v2": MedSegDiffV2,
     "srdiff": SRDiff,
     "smp_unet": SMPUNet,
     "regression_sr": RegressionSR,
 }
 
-__all__ = ["METHODS", "DiffusionMethod", "IOSpec", "Method", "RegressionSR", "SMPUNet", "SRDiff", "SegDiff"]
+__all__ = [
+    "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR", "SMPUNet",
+    "SRDiff", "SegDiff",
+]

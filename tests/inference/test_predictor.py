@@ -89,7 +89,7 @@ def test_nifti_volume_matches_hand_composition_and_keeps_the_grid(seg3d, tmp_pat
     inv = ornt_transform(axcodes2ornt("RAS"), io_orientation(aff))
     x = torch.from_numpy(np.ascontiguousarray(apply_orientation(vol, fwd)))[None]
     want = infer_volume(_window_fn(method, outputs, "ct.nii.gz"), zscore(x).forward(x), (12, 12, 12), 0.25,
-                        "gaussian", 4)
+                        "gaussian", 4, label_votes={"prediction": (0, 1)})  # labels stitched as votes
     for k in outputs:
         got = nib.load(str(paths[k]))
         assert got.shape == vol.shape and np.array_equal(got.affine, aff)  # same grid as the input
@@ -133,7 +133,7 @@ def test_png_matches_hand_composition_and_predict_array(seg2d, tmp_path):
                      "probability": tmp_path / "out" / "probability" / "fundus.tif"}
     x = torch.from_numpy(img.astype(np.float32))[None]
     want = infer_volume(_window_fn(method, method.io_spec.outputs, "fundus.png"), zscore(x).forward(x), (32, 32), 0.25,
-                        "gaussian", 4)
+                        "gaussian", 4, label_votes={"prediction": (0, 1)})  # labels stitched as votes
     mask = np.asarray(Image.open(paths["prediction"]))
     assert mask.shape == img.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     np.testing.assert_array_equal(mask, np.round(want["prediction"][0].numpy()))

@@ -1,0 +1,287 @@
+"""MedSegDiff-V2 (paper-faithful): U-SA Gaussian, anchor injection, SS-Former / NBP-Filter, loss, predict, learning."""
+
+import math
+import os
+
+import lightning as L
+import pytest
+import torch
+
+from medrs_diff.datamodules import NiftiSegmentationDataModule
+from medrs_diff.errors import ArgumentError, DataError
+from medrs_diff.methods import METHODS, MedSegDiffV2
+from medrs_diff.metrics import dice
+from medrs_diff.nets.medsegdiff_v2 import (
+    LearnableGaussian,
+    NeuralBandPassFilter,
+    SpectralCrossAttention,
+    SSFormer,
+    UncertainSpatialAttention,
+    radial_frequency,
+)
+from medrs_diff.train import EMA, DiffusionTask
+from medrs_diff.train.checkpoint import build_method, method_config
+
+TINY = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
+            norm_num_groups=8, cond_features=(8, 8, 16, 16, 32, 8), ssformer_heads=2)
+
+
+# -- uncertain spatial attention ----------------------------------------------------------------------------
+def _gauss_1d(sigma: float, r: int) -> list[float]:
+    w = [math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(-r, r + 1)]
+    return [v / sum(w) for v in w]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_delta_becomes_the_gaussian_of_the_learned_sigma(dims):
+    g = LearnableGaussian(dims, kernel_size=5, sigma=1.0)
+    with torch.no_grad():
+        g.log_sigma.fill_(math.log(0.7))  # as if training had moved sigma to 0.7
+    size = 9
+    delta = torch.zeros(1, 2, *([size] * dims))
+    delta[(0, slice(None), *([size // 2] * dims))] = 1.0
+    out = g(delta)
+    w = _gauss_1d(0.7, 2)
+    expected = torch.zeros_like(delta)
+    for offs in torch.cartesian_prod(*[torch.arange(-2, 3)] * dims).reshape(-1, dims).tolist():
+        value = math.prod(w[o + 2] for o in offs)
+        expected[(0, slice(None), *[size // 2 + o for o in offs])] = value
+    assert torch.allclose(out, expected, atol=1e-7)
+    assert out[0, 0].sum().item() == pytest.approx(1.0, abs=1e-6)  # normalised over the window
+    # sigma is a parameter: the smoothed map depends on it
+    out[0, 0, (size // 2 + 1,) * dims].sum().backward() if dims == 2 else out[0, 0, 5, 4, 4].backward()
+    assert g.log_sigma.grad is not None and g.log_sigma.grad.abs() > 0
+
+
+def test_usa_follows_the_paper_formula():
+    torch.manual_seed(0)
+    usa = UncertainSpatialAttention(2, anchor_channels=3, kernel_size=3, sigma=0.5)
+    anchor = torch.zeros(1, 3, 7, 7)
+    anchor[0, :, 3, 3] = 1.0
+    relaxed = usa.relaxed_anchor(anchor)
+    w = _gauss_1d(0.5, 1)
+    assert relaxed[0, 0, 3, 3] == 1.0  # max keeps the anchor itself (the Gaussian peak is < 1)
+    assert relaxed[0, 0, 3, 4].item() == pytest.approx(w[1] * w[2], abs=1e-7)  # widened by the Gaussian
+    assert relaxed[0, 0, 2, 2].item() == pytest.approx(w[0] * w[0], abs=1e-7)
+    assert relaxed[0, 0, 0, 0] == 0
+    feature = torch.randn(1, 5, 7, 7)
+    out = usa(feature, anchor)
+    a = torch.sigmoid(torch.einsum("c,bchw->bhw", usa.proj.weight.flatten(), relaxed) + usa.proj.bias)[:, None]
+    assert torch.allclose(out, a * feature + feature, atol=1e-6)  # one spatial map over every channel
+    with pytest.raises(DataError, match="does not fit"):
+        usa(feature, torch.zeros(1, 3, 8, 8))
+
+
+def test_the_anchor_is_injected_after_the_first_conv():
+    torch.manual_seed(0)
+    m = MedSegDiffV2(in_channels=2, **TINY).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output conv: give it weights so eps shows the inputs
+        for p in m.net.unet.out.parameters():
+            p.normal_(0, 0.1)
+    conv_in = m.net.unet.conv_in
+    seen = {}
+    conv_in.inner.register_forward_hook(lambda mod, inp, out: seen.update(conv=out))
+    conv_in.register_forward_hook(lambda mod, inp, out: seen.update(injected=out))
+    image, x_t, t = torch.randn(2, 2, 32, 32), torch.randn(2, 1, 32, 32), torch.tensor([5, 500])
+    _, anchor, semantic = m.conditions(image)
+    assert anchor.shape == (2, 8, 32, 32) and semantic.shape == (2, 32, 2, 2)
+    with torch.no_grad():
+        eps_a = m.net(x_t, t, anchor=anchor, semantic=semantic)
+        conv_a, injected_a = seen["conv"], seen["injected"]
+        eps_b = m.net(x_t, t, anchor=anchor.flip(-1) * 3, semantic=semantic)
+    assert torch.equal(seen["conv"], conv_a)  # the first conv sees only x_t ...
+    assert not torch.allclose(seen["injected"], injected_a)  # ... the anchor changes what follows it
+    assert torch.allclose(injected_a, m.net.usa(conv_a, anchor))
+    assert not torch.allclose(eps_a, eps_b)
+    assert conv_in.inner.conv.in_channels == 1  # the diffusion UNet reads the noisy mask only
+    with torch.no_grad():  # the semantic condition reaches the output through the SS-Former
+        eps_c = m.net(x_t, t, anchor=anchor, semantic=semantic + 1)
+    assert not torch.allclose(eps_a, eps_c)
+    with pytest.raises(DataError, match="no anchor condition"):
+        m.net(x_t, t)
+
+
+# -- SS-Former and the NBP-Filter --------------------------------------------------------------------------
+@pytest.mark.parametrize("dims", [2, 3])
+def test_ssformer_shapes_and_gradients(dims):
+    torch.manual_seed(0)
+    ss = SSFormer(dims, channels=16, cond_channels=8, depth=2, heads=2, time_dim=12, bands=3)
+    e = torch.randn(2, 16, *([4] * dims), requires_grad=True)
+    c = torch.randn(2, 8, *([2] * dims), requires_grad=True)  # a coarser condition grid is resampled
+    t_emb = torch.randn(2, 12)
+    out = ss(e, c, t_emb)
+    assert out.shape == e.shape
+    out.square().mean().backward()
+    assert e.grad.abs().sum() > 0 and c.grad.abs().sum() > 0
+    for block in ss.blocks:
+        for attn in (block.noise_to_semantic, block.semantic_to_noise):
+            for nbp in (attn.nbp_q, attn.nbp_k):
+                assert nbp.gain.grad.abs().sum() > 0 and nbp.time.weight.grad.abs().sum() > 0
+
+
+def _plain_attention(attn: SpectralCrossAttention, xq: torch.Tensor, xkv: torch.Tensor) -> torch.Tensor:
+    q, k, v = attn.to_q(xq), attn.to_k(xkv), attn.to_v(xkv)
+    b, n, c = q.shape
+    h = attn.heads
+    q, k, v = (z.reshape(b, n, h, c // h).transpose(1, 2) for z in (q, k, v))
+    a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // h), -1)
+    return attn.to_out((a @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("literal", [False, True])
+def test_all_pass_filter_gives_the_plain_attention(literal):
+    """The NBP-Filter starts all-pass (M = 1): with the unitary DFT the Fourier affinity is Q K^T."""
+    torch.manual_seed(0)
+    attn = SpectralCrossAttention(16, heads=4, time_dim=6, bands=4, literal=literal)
+    xq, xkv, t_emb = torch.randn(2, 12, 16), torch.randn(2, 12, 16), torch.randn(2, 6)
+    assert torch.allclose(attn.nbp_q((3, 4), t_emb), torch.ones(2, 3, 4), atol=1e-6)
+    out = attn(xq, xkv, (3, 4), t_emb)
+    assert torch.allclose(out, _plain_attention(attn, xq, xkv), atol=1e-5)
+    # a query-side stop-band everywhere zeroes the affinity: uniform attention, the mean of V
+    with torch.no_grad():
+        attn.nbp_q.gain.zero_()
+    out = attn(xq, xkv, (3, 4), t_emb)
+    assert torch.allclose(out, attn.to_out(attn.to_v(xkv).mean(1, keepdim=True)).expand_as(out), atol=1e-5)
+
+
+@pytest.mark.parametrize("grid", [(4, 6), (2, 3, 4)])
+def test_the_filtered_product_equals_the_literal_fourier_affinity(grid):
+    torch.manual_seed(0)
+    attn = SpectralCrossAttention(8, heads=2, time_dim=5, bands=3)
+    with torch.no_grad():
+        attn.nbp_q.gain.copy_(torch.tensor([1.5, -0.3, 0.2]))
+        attn.nbp_k.gain.copy_(torch.tensor([0.1, 1.0, 2.0]))
+        attn.nbp_q.time.weight.normal_()
+        attn.nbp_k.time.bias.normal_()
+    n = math.prod(grid)
+    xq, xkv, t_emb = torch.randn(2, n, 8), torch.randn(2, n, 8), torch.randn(2, 5)
+    fast = attn(xq, xkv, grid, t_emb)
+    attn.literal = True
+    assert torch.allclose(fast, attn(xq, xkv, grid, t_emb), atol=1e-5)
+    assert not torch.allclose(fast, _plain_attention(attn, xq, xkv), atol=1e-3)  # the filter does act
+
+
+def test_nbp_filter_is_a_radial_band_gain():
+    nbp = NeuralBandPassFilter(bands=3)
+    basis = nbp.basis((8, 8))
+    assert torch.allclose(basis.sum(0), torch.ones(8, 8))  # a partition of unity
+    with torch.no_grad():
+        nbp.gain.copy_(torch.tensor([0.0, 1.0, 0.0]))  # pass the middle band only
+    g = nbp((8, 8))[0]
+    rho = radial_frequency((8, 8))
+    assert g[0, 0] == 0 and rho[0, 0] == 0  # DC blocked
+    assert torch.allclose(g, (1 - (rho - 0.5).abs() * 2).clamp_min(0))
+    assert torch.allclose(g, g.flip(0).roll(1, 0).flip(1).roll(1, 1))  # g(-f) = g(f): real filtering
+    with pytest.raises(ArgumentError, match="nbp_bands"):
+        NeuralBandPassFilter(bands=0)
+
+
+# -- the method ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_loss_is_finite_and_logs_both_parts(num_classes):
+    torch.manual_seed(0)
+    m = MedSegDiffV2(in_channels=1, num_classes=num_classes, **TINY)
+    label = torch.randint(0, num_classes, (2, 1, 32, 32)).float()
+    loss, logs = m.loss({"image": torch.randn(2, 1, 32, 32), "label": label},
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and set(logs) >= {"loss_noise", "loss_anchor"}
+    assert logs["loss_anchor"] > 0 and loss.item() == pytest.approx(float(logs["loss_noise"] + logs["loss_anchor"]))
+    loss.backward()
+    assert m.condition.net.final_conv.weight.grad.abs().sum() > 0  # the anchor loss trains the logits head
+    assert m.net.usa.smooth.log_sigma.grad is not None
+    logits = torch.randn(2, m.out_channels, 32, 32)
+    m.anchor_every = 3  # the paper's 1[t = 0 mod alpha]: only elements at multiples of alpha
+    assert m._anchor_term(logits, label, torch.tensor([1, 2])) == 0
+    assert torch.allclose(m._anchor_term(logits, label, torch.tensor([3, 4])),
+                          m._anchor_term(logits[:1], label[:1], torch.tensor([0])))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_predict_shapes_and_condition_once_per_case(num_classes):
+    torch.manual_seed(0)
+    m = MedSegDiffV2(in_channels=1, num_classes=num_classes, **TINY).eval()
+    calls = {"condition": 0, "net": 0}
+    m.condition.register_forward_hook(lambda *a: calls.__setitem__("condition", calls["condition"] + 1))
+    m.net.register_forward_hook(lambda *a: calls.__setitem__("net", calls["net"] + 1))
+    batch = {"image": torch.randn(2, 1, 32, 32)}
+    out = m.predict(batch, sampler="ddim", steps=3, n_samples=3, generator=torch.Generator().manual_seed(0))
+    assert calls == {"condition": 1, "net": 3}  # the condition model once, the denoiser per step
+    c = m.out_channels
+    assert out["prediction"].shape == (2, 1, 32, 32) and out["uncertainty"].shape == (2, 1, 32, 32)
+    assert out["probability"].shape == (2, c, 32, 32) and out["samples"].shape == (2, 3, c, 32, 32)
+    assert out["anchor_probability"].shape == (2, c, 32, 32)
+    assert set(out["prediction"].unique().tolist()) <= set(map(float, range(num_classes)))
+
+
+def test_3d_is_shape_correct():
+    torch.manual_seed(0)
+    m = MedSegDiffV2(in_channels=2, spatial_dims=3, num_classes=3, cond_norm="group",
+                     **{**TINY, "channels": (8, 16), "num_head_channels": 8, "norm_num_groups": 4,
+                        "cond_features": (4, 4, 8, 8, 16, 4)})
+    batch = {"image": torch.randn(1, 2, 16, 16, 16), "label": torch.randint(0, 3, (1, 1, 16, 16, 16)).float()}
+    loss, _ = m.loss(batch)
+    assert torch.isfinite(loss)
+    out = m.eval().predict(batch, sampler="ddim", steps=2, n_samples=2)
+    assert out["prediction"].shape == (1, 1, 16, 16, 16) and out["probability"].shape == (1, 3, 16, 16, 16)
+
+
+def test_defaults_registration_and_rebuild():
+    m = MedSegDiffV2(in_channels=3, **TINY)
+    assert METHODS["medsegdiff_v2"] is MedSegDiffV2 and m.name == "medsegdiff_v2"
+    assert len(m.schedule) == 1000 and m.objective.prediction_type == "eps" and m.objective.loss_type == "mse"
+    assert m.fusion == "staple" and m.sampler == "ddpm" and m.n_samples == 5 and m.anchor_weight == 1.0
+    assert m.io_spec.outputs == ("prediction", "uncertainty", "probability") and m.io_spec.task == "seg"
+    assert m.size_multiple == 16  # the condition UNet pools four times
+    deep = MedSegDiffV2(**{**TINY, "channels": (8,) * 6, "attention_levels": (False,) * 6, "num_head_channels": 8})
+    assert deep.size_multiple == 32
+    again = build_method(method_config(m))
+    assert type(again) is MedSegDiffV2 and again.hparams() == m.hparams()
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+
+
+def test_bad_input():
+    m = MedSegDiffV2(in_channels=3, **TINY)
+    good = torch.randn(1, 3, 32, 32)
+    with pytest.raises(DataError, match="expects 3 input channel"):
+        m.loss({"image": torch.randn(1, 1, 32, 32), "label": torch.zeros(1, 1, 32, 32)})
+    with pytest.raises(DataError, match="multiples of 16"):
+        m.loss({"image": torch.randn(1, 3, 24, 24), "label": torch.zeros(1, 1, 24, 24)})
+    with pytest.raises(DataError, match="outside the classes"):
+        m.loss({"image": good, "label": torch.full((1, 1, 32, 32), 2.0)})
+    with pytest.raises(DataError, match="needs batch"):
+        m.loss({"image": good})
+    with pytest.raises(DataError, match="cond_norm: group"):
+        m.loss({"image": torch.randn(1, 3, 16, 16), "label": torch.zeros(1, 1, 16, 16)})
+    with pytest.raises(ArgumentError, match="unknown sampler"):
+        m.predict({"image": good}, sampler="euler")
+    with pytest.raises(ArgumentError, match="unknown fusion"):
+        MedSegDiffV2(fusion="median", **TINY)
+    with pytest.raises(ArgumentError, match="cond_norm"):
+        MedSegDiffV2(cond_norm="layer", **TINY)
+    with pytest.raises(ArgumentError, match="anchor_every"):
+        MedSegDiffV2(anchor_every=0, **TINY)
+    with pytest.raises(ArgumentError, match="ssformer_heads"):
+        MedSegDiffV2(**{**TINY, "ssformer_heads": 3})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MEDRS_DIFF_LEARNING_TESTS"),
+                    reason="learning test: minutes on a 2-core CPU; run with MEDRS_DIFF_LEARNING_TESTS=1")
+def test_medsegdiff_v2_learns_blobs_to_dice_085(tmp_path):
+    """Lightning training on synthetic NIfTI phantoms, then a 20-step DPM-Solver++ ensemble."""
+    torch.manual_seed(0)
+    dm = NiftiSegmentationDataModule(str(tmp_path), phantoms=20, phantom_size=[32, 32], batch_size=8)
+    method = MedSegDiffV2(in_channels=1, n_samples=3, fusion="mean", **TINY)
+    task = DiffusionTask(method, lr=2e-3, warmup_steps=20)
+    trainer = L.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[EMA(decay=0.99)], gradient_clip_val=1.0)
+    trainer.fit(task, dm)
+    method.eval()
+    scores = []
+    for batch in dm.val_dataloader():
+        out = method.predict(batch, sampler="dpm_solver_pp", steps=20, generator=torch.Generator().manual_seed(1))
+        scores.append(dice(out["prediction"], batch["label"]))
+    score = float(torch.cat(scores).mean())
+    print(f"MedSegDiff-V2 validation Dice after 200 steps: {score:.3f}")
+    assert score >= 0.85
