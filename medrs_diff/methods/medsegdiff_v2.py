@@ -5,10 +5,10 @@ nor the FF-Parser; this follows the paper instead (nets and every ≈ choice:
 :mod:`medrs_diff.nets.medsegdiff_v2`). The mask is diffused (binary: one channel ``2 * label - 1``;
 K >= 3 classes: K one-hot channels in [-1, 1]). A separately supervised **condition model** (a
 BasicUNet over the image) gives segmentation logits, its last decoded feature (the **anchor**,
-smoothed by uncertain spatial attention with a learnable-variance Gaussian and injected right after
-the diffusion UNet's first convolution) and its deepest embedding (the **semantic** condition,
-fused with the diffusion bottleneck by the SS-Former in the Fourier domain with the neural band-pass
-filter).
+smoothed by uncertain spatial attention with a learnable-variance Gaussian and injected into the
+diffusion UNet's first full-resolution feature, see ``anchor_at``) and its deepest embedding (the
+**semantic** condition, fused with the diffusion bottleneck by the SS-Former in the Fourier domain
+with the neural band-pass filter).
 
 Loss: ``eps-MSE + anchor_weight * anchor loss``; the anchor loss is Dice + ``anchor_ce_weight`` x
 cross-entropy on the condition model's logits against the label (binary: one logit channel, BCE +
@@ -79,7 +79,7 @@ class MedSegDiffV2(DiffusionMethod):
         ssformer_depth: int = 1,
         ssformer_heads: int = 4,
         nbp_bands: int = 4,
-        anchor_at: str = "conv_in",
+        anchor_at: str = "first_block",
         timesteps: int = 1000,
         schedule: str = "linear",
         n_samples: int = 5,

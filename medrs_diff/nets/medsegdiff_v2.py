@@ -1,6 +1,8 @@
 """MedSegDiff-V2 nets (Wu et al., AAAI 2024, arXiv 2301.11798), **paper-faithful**: the official
 repository's default path (``--version new``) has neither the SS-Former nor the FF-Parser; these nets
-follow the paper's description instead. Details the paper leaves open are marked ≈ below.
+follow the paper's description instead. Details the paper leaves open are marked ≈ below (the
+formulas were written from the paper's description without its full text at hand: check them against
+the PDF before quoting equation numbers).
 
 Two UNets. The **condition model** (:class:`ConditionUNet`, a MONAI ``BasicUNet`` over the image)
 returns its segmentation logits (supervised by the anchor loss), its last decoded feature
@@ -9,15 +11,18 @@ returns its segmentation logits (supervised by the anchor loss), its last decode
 embedding) receives both:
 
 - **anchor condition** through *uncertain spatial attention* (:class:`UncertainSpatialAttention`,
-  paper Eq. "U-SA"), right after the diffusion UNet's first convolution (its first encoder feature
-  ``f_d^0``, full resolution)::
+  paper Eq. "U-SA") on the diffusion encoder's first feature ``f_d^0`` (full resolution)::
 
       f_anc  = max(G_sigma * f_c^{-1}, f_c^{-1})                 (element-wise max)
       f_d^0' = sigmoid(k_{C x 1 x 1} * f_anc) . f_d^0 + f_d^0
 
   ``G_sigma`` is a normalised Gaussian kernel (``kernel_size`` taps per axis, depth-wise) whose standard
   deviation sigma is **learned** (stored as log sigma); ``k_{C x 1 x 1}`` a 1x1 convolution from the
-  anchor's C channels to one spatial attention map, broadcast over the channels of ``f_d^0``.
+  anchor's C channels to one spatial attention map, broadcast over the channels of ``f_d^0``. ≈ which
+  feature is ``f_d^0``: by default (``anchor_at="first_block"``) the output of the first residual block
+  of the first level (it carries the time embedding); ``anchor_at="conv_in"`` takes the first
+  convolution's output instead. The default learned faster on the phantom task (one seed, EMA Dice after
+  300 / 400 steps: 0.72 / 0.88 against 0.58 / 0.80 with ``conv_in``).
 - **semantic condition** through the *SS-Former* (:class:`SSFormer`) on the diffusion bottleneck
   (after the UNet's middle block): ``depth`` blocks, each two cross-attentions, first the condition
   embedding attending to the diffusion embedding (noise -> semantics), then the diffusion embedding
@@ -341,9 +346,9 @@ class SSFormer(nn.Module):
 
 
 # -- the two UNets -----------------------------------------------------------------------------------------
-#: where the anchor condition enters the diffusion encoder: after the first conv (full resolution, the
-#: default) or after the first residual block of the first level (still full resolution)
-ANCHOR_POINTS = ("conv_in", "first_block")
+#: where the anchor condition enters the diffusion encoder (both at full resolution): after the first
+#: residual block of the first level (the default) or right after the first conv
+ANCHOR_POINTS = ("first_block", "conv_in")
 #: normalisations of the condition BasicUNet
 CONDITION_NORMS = ("instance", "group", "batch")
 
@@ -453,7 +458,7 @@ class MedSegDiffV2Net(nn.Module):
         ssformer_heads: int = 4,
         nbp_bands: int = 4,
         literal_fourier: bool = False,
-        anchor_at: str = "conv_in",
+        anchor_at: str = "first_block",
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
