@@ -15,6 +15,8 @@ QUIET_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch pytree API used inside Lightning
     r"Starting from v1\.9\.0, `tensorboardX` has been removed",  # CSVLogger is what we want
     r"NvImgCodecPydicomReader: nvImageCodec decoder plugin",  # MONAI LoadImage with pydicom installed, no GPU codec
+    # Lightning counts log_every_n_steps over global steps, so short epochs are logged all the same
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
 )
 #: Lightning loggers whose INFO lines (tips, "GPU available", ...) the quick start hides.
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")

@@ -83,46 +83,6 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _method_from_checkpoint_dict(ckpt: Mapping[str, Any], path: PathLike, ema: bool | None) -> Method:
-    """The method stored in an already-read checkpoint dict (what ``load_method_from_checkpoint`` does
-    after reading the file), so a checkpoint is read only once."""
-    from ..train.checkpoint import (
-        EMA_FORMAT,
-        build_method,
-        check_finite_checkpoint,
-        check_state_fits,
-        checkpoint_method_config,
-        ema_state_dict,
-        resolve_method_class,
-    )
-
-    cfg = checkpoint_method_config(ckpt, path)
-    resolve_method_class(cfg["class_path"], path)  # refuses unknown classes with the list of valid ones
-    check_finite_checkpoint(ckpt, path)  # NaN / inf weights would give garbage outputs with exit 0
-    try:
-        method = build_method(cfg, path)
-    except MedrsError:
-        raise
-    except Exception as err:  # changed signatures
-        raise CheckpointError(path, f"cannot rebuild the method {cfg['class_path']} from its stored arguments ({err})",
-                              "use the medrs_diff version the checkpoint was trained with") from err
-    has_ema = any(isinstance(s, Mapping) and s.get("format") == EMA_FORMAT and s.get("shadow")
-                  for s in (ckpt.get("callbacks") or {}).values())
-    if ema and not has_ema:
-        raise CheckpointError(path, "holds no EMA weights (the run had no medrs_diff.train.EMA callback)",
-                              "load the raw weights with ema=False (or ema=None), or train with the EMA callback")
-    if has_ema and ema is not False:
-        state, source = ema_state_dict(ckpt, path), "EMA weights"
-    else:
-        raw = ckpt.get("state_dict")
-        if not isinstance(raw, Mapping):
-            raise CheckpointError(path, "has no 'state_dict'", "pass a Lightning checkpoint from `medrs-diff fit`")
-        state, source = {k[len("method."):]: v for k, v in raw.items() if k.startswith("method.")}, "model weights"
-    check_state_fits(method, state, path, source)
-    method.load_state_dict(state, strict=True)
-    return method.eval()
-
-
 def checkpoint_label_values(data: Mapping[str, Any], class_path: str | None = None) -> tuple[float, ...] | None:
     """The label value of each class index, from a data module's ``init_args``: ``label_values`` (sorted, as
     the data modules order them), else clinical2d's ``label_map`` {value: class} inverted (a class that
@@ -293,11 +253,11 @@ class Predictor:
                         trusted: bool = False) -> Predictor:
         """Read a ``medrs-diff fit`` checkpoint once: method (EMA weights unless ``ema=False``), scaling and
         patch size of its data module. ``device`` is where the windows run (``cuda`` needs a visible GPU)."""
-        from ..train.checkpoint import checkpoint_data_config, read_checkpoint
+        from ..train.checkpoint import checkpoint_data_config, method_from_checkpoint, read_checkpoint
 
         dev = check_device(device)
         ckpt = read_checkpoint(path, map_location="cpu", trusted=trusted)
-        method = _method_from_checkpoint_dict(ckpt, path, ema)
+        method = method_from_checkpoint(ckpt, path, ema=ema)
         data = (checkpoint_data_config(ckpt) or {}).get("init_args") or {}
         patch = data.get("patch_size")
         mods = data.get("modalities")

@@ -22,7 +22,8 @@ from torch import Tensor
 from ..diffusion.ensemble import fuse_mean, majority_vote, mutual_information, predictive_entropy, staple, variance_map
 from ..errors import ArgumentError, DataError
 
-__all__ = ["FUSIONS", "check_fusion", "check_num_classes", "decode_samples", "encode_mask", "mask_channels"]
+__all__ = ["FUSIONS", "check_fusion", "check_num_classes", "decode_samples", "encode_mask", "mask_channels",
+           "sample_probabilities"]
 
 FUSIONS = ("mean", "majority", "staple")
 

@@ -43,13 +43,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..diffusion.process import DiffusionLoss
-from ..diffusion.schedules import make_schedule
-from ..errors import ArgumentError, DataError
+from ..errors import ArgumentError
 from ..nets.medsegdiff import MedSegDiffUNet
 from ._sampling import repeat_batch, sample_with_features
-from ._segmentation import check_fusion, decode_samples, encode_mask, mask_channels, sample_probabilities
-from .base import DiffusionMethod, check_sampler, mask_batch
+from ._segmentation import decode_samples, sample_probabilities
+from ._segmenter import DiffusionSegmenter
 
 __all__ = ["AGREEMENT_THRESHOLD", "MedSegDiffV1", "calibration_blend"]
 
@@ -77,12 +75,8 @@ def calibration_blend(probability: Tensor, calibration: Tensor,
     return blended.clamp(0, 1), agreement
 
 
-class MedSegDiffV1(DiffusionMethod):
+class MedSegDiffV1(DiffusionSegmenter):
     name = "medsegdiff_v1"
-    task = "seg"
-    input_key = "image"
-    target_key = "label"
-    outputs = ("prediction", "uncertainty", "probability")
 
     def __init__(
         self,
@@ -106,30 +100,20 @@ class MedSegDiffV1(DiffusionMethod):
         calibration_weight: float = 10.0,
     ) -> None:
         super().__init__()
-        check_sampler(sampler)
-        check_fusion(fusion)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ArgumentError("n_samples", f"must be an integer >= 1, got {n_samples!r}",
-                                "draw at least one sample (the paper fuses about 25)")
+        self.setup_segmenter(in_channels=in_channels, spatial_dims=spatial_dims, num_classes=num_classes,
+                             timesteps=timesteps, schedule=schedule, n_samples=n_samples, fusion=fusion,
+                             sampler=sampler, sampling_steps=sampling_steps)
         if not isinstance(calibration, bool):
             raise ArgumentError("calibration", f"must be true or false, got {calibration!r}",
                                 "set calibration: true for the official repository's blend, false for the paper")
         if calibration_weight < 0:
             raise ArgumentError("calibration_weight", f"must be >= 0, got {calibration_weight}",
                                 "use 10 (the official code) or another non-negative weight")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.out_channels = mask_channels(num_classes)
-        self.spatial_dims = spatial_dims
         self.net = MedSegDiffUNet(
             spatial_dims, in_channels, self.out_channels, channels, attention_levels, num_res_blocks,
             num_head_channels, norm_num_groups, ff_parser_levels=ff_parser_levels, ff_base_size=ff_base_size,
             calibration_head=calibration,
         )
-        self.schedule = make_schedule(schedule, timesteps)
-        self.objective = DiffusionLoss(self.schedule, prediction_type="eps", loss_type="mse")
-        self.n_samples, self.fusion = n_samples, fusion
-        self.sampler, self.sampling_steps = sampler, sampling_steps
         self.calibration, self.calibration_weight = calibration, float(calibration_weight)
         if calibration:
             self.outputs = (*type(self).outputs, "prediction_diffusion", "calibration")
@@ -138,22 +122,12 @@ class MedSegDiffV1(DiffusionMethod):
     def denoiser(self) -> MedSegDiffUNet:
         return self.net
 
-    @property
-    def size_multiple(self) -> int:
-        return self.net.size_multiple
+    def check_image_size(self, image: Tensor) -> None:
+        self.net.check_size(image, "image")
 
     # -- training ---------------------------------------------------------------------------------
-    def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        image, label = mask_batch(self, batch)
-        self.net.check_size(image, "image")
-        return image, label
-
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        image, label = self._inputs(batch)
-        if label is None:
-            raise DataError("batch", f"MedSegDiffV1 training needs batch[{self.target_key!r}] (the mask)",
-                            "use a data module that provides it")
-        x0 = encode_mask(label, self.num_classes)
+        image, _, x0 = self.training_pair(batch)
         features = self.net.image_features(image)
         if not self.calibration:
             return self.objective(lambda x, t: self.net(x, t, features=features), x0, generator=generator)
@@ -169,28 +143,15 @@ class MedSegDiffV1(DiffusionMethod):
         return loss + self.calibration_weight * cal_loss, logs
 
     # -- inference --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(
-        self,
-        batch: dict[str, Any],
-        *,
-        sampler: str | None = None,
-        steps: int | None = None,
-        n_samples: int | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> dict[str, Tensor]:
-        image, _ = self._inputs(batch)
-        n = n_samples if n_samples is not None else self.n_samples
+    def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:
         features = self.net.image_features(image)
-        samples = sample_with_features(
-            self, features, (image.shape[0], self.out_channels, *image.shape[2:]), n_samples=n,
-            sampler=sampler, steps=steps, generator=generator, progress=progress,
-        )
-        out = decode_samples(samples, self.num_classes, self.fusion)
+        samples = sample_with_features(self, features, self.mask_shape(image), n_samples=n_samples, **sampling)
+        return samples, {"features": features}
+
+    def extra_outputs(self, out: dict[str, Tensor], samples: Tensor, kept: dict) -> dict[str, Tensor]:
         if not self.calibration:
             return out
-        cal = self.calibration_masks(features, samples)
+        cal = self.calibration_masks(kept["features"], samples)
         blended, agreement = calibration_blend(sample_probabilities(samples), cal)
         result = decode_samples(blended * 2 - 1, self.num_classes, self.fusion)
         for key in ("prediction", "probability", "uncertainty"):

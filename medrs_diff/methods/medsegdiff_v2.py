@@ -37,14 +37,10 @@ import torch
 from monai.losses import DiceCELoss
 from torch import Tensor
 
-from ..diffusion.generators import GeneratorLike
-from ..diffusion.process import DiffusionLoss
-from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.medsegdiff_v2 import CONDITION_POOLINGS, ConditionUNet, MedSegDiffV2Net
 from ._sampling import repeat_batch, sample_n
-from ._segmentation import check_fusion, decode_samples, encode_mask, mask_channels
-from .base import DiffusionMethod, check_sampler, mask_batch
+from ._segmenter import DiffusionSegmenter
 
 __all__ = ["MedSegDiffV2"]
 
@@ -55,12 +51,8 @@ def _check_weight(name: str, value: float) -> float:
     return float(value)
 
 
-class MedSegDiffV2(DiffusionMethod):
+class MedSegDiffV2(DiffusionSegmenter):
     name = "medsegdiff_v2"
-    task = "seg"
-    input_key = "image"
-    target_key = "label"
-    outputs = ("prediction", "uncertainty", "probability")
 
     def __init__(
         self,
@@ -91,18 +83,12 @@ class MedSegDiffV2(DiffusionMethod):
         anchor_every: int = 1,
     ) -> None:
         super().__init__()
-        check_sampler(sampler)
-        check_fusion(fusion)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ArgumentError("n_samples", f"must be an integer >= 1, got {n_samples!r}",
-                                "draw at least one sample (5 is the official default)")
+        self.setup_segmenter(in_channels=in_channels, spatial_dims=spatial_dims, num_classes=num_classes,
+                             timesteps=timesteps, schedule=schedule, n_samples=n_samples, fusion=fusion,
+                             sampler=sampler, sampling_steps=sampling_steps)
         if isinstance(anchor_every, bool) or not isinstance(anchor_every, int) or anchor_every < 1:
             raise ArgumentError("anchor_every", f"must be an integer >= 1, got {anchor_every!r}",
                                 "use 1 (anchor loss on every element) or the paper's interval alpha")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.out_channels = mask_channels(num_classes)
-        self.spatial_dims = spatial_dims
         self.condition = ConditionUNet(spatial_dims, in_channels, self.out_channels, cond_features, cond_norm)
         self.net = MedSegDiffV2Net(
             spatial_dims, self.out_channels, self.out_channels, self.condition.anchor_channels,
@@ -110,35 +96,30 @@ class MedSegDiffV2(DiffusionMethod):
             norm_num_groups, usa_kernel_size, usa_sigma, ssformer_depth, ssformer_heads, nbp_bands,
             anchor_at=anchor_at,
         )
-        self.schedule = make_schedule(schedule, timesteps)
-        self.objective = DiffusionLoss(self.schedule, prediction_type="eps", loss_type="mse")
         self.anchor_weight = _check_weight("anchor_weight", anchor_weight)
         ce = _check_weight("anchor_ce_weight", anchor_ce_weight)
         binary = self.out_channels == 1
         self.anchor_loss = DiceCELoss(sigmoid=binary, softmax=not binary, to_onehot_y=not binary, batch=True,
                                       lambda_ce=ce)
         self.anchor_every = anchor_every
-        self.n_samples, self.fusion = n_samples, fusion
-        self.sampler, self.sampling_steps = sampler, sampling_steps
 
     @property
     def denoiser(self) -> MedSegDiffV2Net:
         return self.net
 
-    @property
-    def size_multiple(self) -> int:
-        return self.net.size_multiple
-
     # -- shared ----------------------------------------------------------------------------------------
-    def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        image, label = mask_batch(self, batch)
+    def check_image_size(self, image: Tensor) -> None:
         bad = [s for s in image.shape[2:] if s % self.size_multiple]
         if bad:
             raise DataError("image", f"spatial shape {tuple(image.shape[2:])} has sizes that are not multiples of "
                             f"{self.size_multiple} (the condition UNet pools 4 times, the diffusion UNet "
                             f"{len(self.net.unet.block_out_channels) - 1})",
                             f"crop or pad the image / patch to a multiple of {self.size_multiple}")
-        return image, label
+        bottleneck = [s // 2**CONDITION_POOLINGS for s in image.shape[2:]]
+        if self.condition.norm == "instance" and torch.Size(bottleneck).numel() < 2:
+            raise DataError("image", f"image / patch {tuple(image.shape[2:])} leaves one voxel at the condition "
+                            "UNet's bottleneck, which instance norm cannot normalise",
+                            "use images / patches of at least 32 along one axis, or set cond_norm: group")
 
     def conditions(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The condition model on ``image``: (logits, anchor feature, semantic embedding)."""
@@ -153,16 +134,7 @@ class MedSegDiffV2(DiffusionMethod):
         return self.anchor_loss(logits[keep], target)
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        image, label = self._inputs(batch)
-        if label is None:
-            raise DataError("batch", f"MedSegDiffV2 training needs batch[{self.target_key!r}] (the mask)",
-                            "use a data module that provides it")
-        x0 = encode_mask(label, self.num_classes)  # checks the label values first
-        bottleneck = [s // 2**CONDITION_POOLINGS for s in image.shape[2:]]
-        if self.training and self.condition.norm == "instance" and torch.Size(bottleneck).numel() < 2:
-            raise DataError("image", f"patch {tuple(image.shape[2:])} leaves one voxel at the condition UNet's "
-                            "bottleneck, which instance norm cannot normalise in training",
-                            "train on patches of at least 32 per axis, or set cond_norm: group")
+        image, label, x0 = self.training_pair(batch)
         logits, anchor, semantic = self.conditions(image)
         index = self.objective.sample_index(x0.shape[0], x0.device, generator)
         noise_loss, logs = self.objective(
@@ -174,29 +146,15 @@ class MedSegDiffV2(DiffusionMethod):
         return noise_loss + self.anchor_weight * anchor_loss, logs
 
     # -- inference --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(
-        self,
-        batch: dict[str, Any],
-        *,
-        sampler: str | None = None,
-        steps: int | None = None,
-        n_samples: int | None = None,
-        generator: GeneratorLike = None,
-        progress: bool = False,
-    ) -> dict[str, Tensor]:
-        image, _ = self._inputs(batch)
-        n = n_samples if n_samples is not None else self.n_samples
+    def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:
         logits, anchor, semantic = self.conditions(image)  # once per case, not per step
-        anchors, semantics = repeat_batch(anchor, n), repeat_batch(semantic, n)
+        anchors, semantics = repeat_batch(anchor, n_samples), repeat_batch(semantic, n_samples)
         net = self.net
-        samples = sample_n(
-            lambda x, t: net(x, t, anchor=anchors, semantic=semantics),
-            (image.shape[0], self.out_channels, *image.shape[2:]), self.schedule, n_samples=n,
-            sampler=sampler if sampler is not None else self.default_sampler,
-            steps=steps if steps is not None else self.sampling_steps, device=image.device,
-            generator=generator, progress=progress, clip=True,
-        ).transpose(0, 1)
-        out = decode_samples(samples, self.num_classes, self.fusion)
+        samples = sample_n(lambda x, t: net(x, t, anchor=anchors, semantic=semantics), self.mask_shape(image),
+                           self.schedule, n_samples=n_samples, device=image.device, clip=True, **sampling)
+        return samples.transpose(0, 1), {"logits": logits}
+
+    def extra_outputs(self, out: dict[str, Tensor], samples: Tensor, kept: dict) -> dict[str, Tensor]:
+        logits = kept["logits"]
         out["anchor_probability"] = torch.sigmoid(logits) if self.out_channels == 1 else torch.softmax(logits, 1)
         return out

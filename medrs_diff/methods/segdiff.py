@@ -19,25 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..diffusion.generators import GeneratorLike
-from ..diffusion.process import DiffusionLoss
-from ..diffusion.schedules import make_schedule
-from ..errors import DataError
 from ..nets.rrdb import RRDBEncoder
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_with_features
-from ._segmentation import FUSIONS, check_fusion, decode_samples, encode_mask, mask_channels
-from .base import DiffusionMethod, check_sampler, mask_batch
+from ._segmentation import FUSIONS
+from ._segmenter import DiffusionSegmenter
 
 __all__ = ["FUSIONS", "SegDiff"]
 
 
-class SegDiff(DiffusionMethod):
+class SegDiff(DiffusionSegmenter):
     name = "segdiff"
-    task = "seg"
-    input_key = "image"
-    target_key = "label"
-    outputs = ("prediction", "uncertainty", "probability")
 
     def __init__(
         self,
@@ -60,60 +52,25 @@ class SegDiff(DiffusionMethod):
         sampling_steps: int | None = None,
     ) -> None:
         super().__init__()
-        check_sampler(sampler)
-        check_fusion(fusion)
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.out_channels = mask_channels(num_classes)
-        self.spatial_dims = spatial_dims
+        self.setup_segmenter(in_channels=in_channels, spatial_dims=spatial_dims, num_classes=num_classes,
+                             timesteps=timesteps, schedule=schedule, n_samples=n_samples, fusion=fusion,
+                             sampler=sampler, sampling_steps=sampling_steps)
         self.unet = ConditionedUNet(
             spatial_dims, self.out_channels, self.out_channels, channels, attention_levels, num_res_blocks,
             num_head_channels, norm_num_groups,
             cond_at="conv_in",
         )
         self.encoder = RRDBEncoder(spatial_dims, in_channels, channels[0], rrdb_features, rrdb_growth, rrdb_blocks)
-        self.schedule = make_schedule(schedule, timesteps)
-        self.objective = DiffusionLoss(self.schedule, prediction_type="eps", loss_type="mse")
-        self.n_samples, self.fusion = n_samples, fusion
-        self.sampler, self.sampling_steps = sampler, sampling_steps
 
     @property
     def denoiser(self) -> ConditionedUNet:
         return self.unet
 
-    @property
-    def size_multiple(self) -> int:
-        return self.unet.size_multiple
-
-    # -- training ---------------------------------------------------------------------------------
-    def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        return mask_batch(self, batch)
-
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        image, label = self._inputs(batch)
-        if label is None:
-            raise DataError("batch", f"SegDiff training needs batch[{self.target_key!r}] (the mask)",
-                            "use a data module that provides it")
-        x0 = encode_mask(label, self.num_classes)
+        image, _, x0 = self.training_pair(batch)
         features = self.encoder(image)
         return self.objective(lambda x, t: self.unet(x, t, features=features), x0, generator=generator)
 
-    # -- inference --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(
-        self,
-        batch: dict[str, Any],
-        *,
-        sampler: str | None = None,
-        steps: int | None = None,
-        n_samples: int | None = None,
-        generator: GeneratorLike = None,
-        progress: bool = False,
-    ) -> dict[str, Tensor]:
-        image, _ = self._inputs(batch)
-        n = n_samples if n_samples is not None else self.n_samples
-        samples = sample_with_features(
-            self, self.encoder(image), (image.shape[0], self.out_channels, *image.shape[2:]), n_samples=n,
-            sampler=sampler, steps=steps, generator=generator, progress=progress,
-        )
-        return decode_samples(samples, self.num_classes, self.fusion)
+    def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:
+        return sample_with_features(self, self.encoder(image), self.mask_shape(image), n_samples=n_samples,
+                                    **sampling), {}

@@ -72,6 +72,7 @@ __all__ = [
     "ema_state_dict",
     "load_method_from_checkpoint",
     "method_config",
+    "method_from_checkpoint",
     "nonfinite_tensors",
     "read_checkpoint",
     "resolve_method_class",
@@ -511,11 +512,22 @@ def load_method_from_checkpoint(
     versus expected, the missing / unexpected keys, and any NaN / inf weights (model or EMA: refused).
     """
     ckpt = read_checkpoint(path, map_location=map_location, trusted=trusted)
+    return method_from_checkpoint(ckpt, path, expected=expected, ema=ema)
+
+
+def method_from_checkpoint(
+    ckpt: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    expected: type[Method] | str | None = None,
+    ema: bool | None = None,
+) -> Method:
+    """:func:`load_method_from_checkpoint` on a checkpoint dict already read from ``path`` (named in errors)."""
     cfg = checkpoint_method_config(ckpt, path)
-    check_finite_checkpoint(ckpt, path)
     record = ckpt.get("medrs_diff") or {}
     found_name = record.get("method_name") if isinstance(record, Mapping) else None
     cls = resolve_method_class(cfg["class_path"], path)  # refuses unknown classes before importing anything
+    check_finite_checkpoint(ckpt, path)  # NaN / inf weights would give garbage outputs with exit 0
     if expected is not None and not _matches(expected, cls, cfg["class_path"], found_name):
         want = class_path_of(expected) if isinstance(expected, type) else expected
         raise CheckpointError(
@@ -524,7 +536,7 @@ def load_method_from_checkpoint(
         )
     try:
         method = build_method(cfg, path)
-    except CheckpointError:
+    except MedrsError:
         raise
     except Exception as err:  # changed signatures
         raise CheckpointError(

@@ -21,7 +21,7 @@ STEPS = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2"]
 FAST = [*STEPS, "--trainer.enable_progress_bar", "false"]
 #: Lines the quiet output must not show (Lightning tips, pytree / LightningCLI warnings, a bar per step).
 NOISE = ("💡 Tip", "litlogger", "litmodels", "LeafSpec", "LightningCLI's args parameter", "tensorboardX",
-         "nvImageCodec", "it/s]", "Epoch 0:")
+         "nvImageCodec", "it/s]", "Epoch 0:", "smaller than the logging interval")
 
 
 def _fit(recipe: str, tmp: Path, *extra: str) -> Path:

@@ -22,7 +22,16 @@ TINY = {
     "srdiff": dict(in_channels=3, scale=2, **SR),
     "smp_unet": dict(in_channels=2, encoder_depth=3, decoder_channels=(16, 8, 8)),
     "regression_sr": dict(in_channels=3, scale=2, rrdb_blocks=1, rrdb_features=8, rrdb_growth=4),
+    "medsegdiff_v1": dict(in_channels=2, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
+                          num_head_channels=16, norm_num_groups=8, ff_base_size=16),
+    "medsegdiff_v2": dict(in_channels=2, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
+                          num_head_channels=16, norm_num_groups=8, cond_features=(8, 8, 16, 16, 32, 8),
+                          ssformer_heads=2),
 }
+
+
+def test_every_registered_method_is_covered_by_the_contract_tests():
+    assert set(TINY) == set(METHODS), "add the new method to TINY (and its batch below)"
 
 
 def test_constructor_arguments_are_captured_with_defaults_and_lists():
@@ -77,6 +86,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
     assert specs["srdiff"] == IOSpec({"cond": 3}, sr_out, 2, 2, "image", ("prediction",), {"size_multiple": 1})
     assert specs["regression_sr"] == IOSpec({"cond": 3}, sr_out, 2, 2, "image", ("prediction",),
                                             {"size_multiple": 1})
+    assert specs["medsegdiff_v1"] == IOSpec({"image": 2}, seg_out, 2, 1, "seg", (), {"size_multiple": 2})
+    assert specs["medsegdiff_v2"] == IOSpec({"image": 2}, seg_out, 2, 1, "seg", (), {"size_multiple": 16})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -92,6 +103,8 @@ def test_predict_returns_every_declared_output():
     batches = {
         "segdiff": {"image": torch.randn(2, 2, 16, 16)},
         "smp_unet": {"image": torch.randn(2, 2, 16, 16)},
+        "medsegdiff_v1": {"image": torch.randn(2, 2, 16, 16)},
+        "medsegdiff_v2": {"image": torch.randn(2, 2, 32, 16)},  # instance norm needs 2 bottleneck voxels
         "srdiff": {"cond": torch.randn(2, 3, 8, 8)},
         "regression_sr": {"cond": torch.randn(2, 3, 8, 8)},
     }
