@@ -15,6 +15,7 @@ flipped (:func:`check_orientation`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import itertools
 from collections.abc import Iterable, Iterator
@@ -166,8 +167,16 @@ def check_pair(pred: io.ArrayFile, ref: io.ArrayFile, skip_leading: int = 0, *,
 
 def mask_on_grid(mask: io.ArrayFile, ref: io.ArrayFile, grid: Iterable[int], *,
                  assume_same_grid: bool = False) -> np.ndarray:
-    """The mask as a bool array on ``grid`` (the reference's spatial shape); raise naming both files."""
+    """The mask as a bool array on ``grid`` (the reference's spatial shape); raise naming both files.
+
+    A mask of several identical bands (HRF's RGB field-of-view masks) counts as its first band."""
     require_finite(mask, "mask")
+    data = mask.data
+    if band_first(mask) and data.ndim >= 3 and data.shape[0] > 1:
+        if not all(np.array_equal(data[0], band) for band in data[1:]):
+            raise DataError(mask.path, f"has {data.shape[0]} bands that differ; a mask needs one band (or identical "
+                            "bands, as an RGB mask saved from a grey one)", "write the mask as one grey band")
+        mask = dataclasses.replace(mask, data=data[:1])
     m, _ = label_map(mask)
     gm, gr = mask.geometry, ref.geometry
     try:

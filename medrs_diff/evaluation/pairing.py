@@ -2,7 +2,8 @@
 
 Two files make one case. Two folders are matched by file name without its registered suffix
 (``case.nii.gz`` and ``case.tif`` both give ``case``); every prediction needs a reference and vice
-versa. A mask is one file for every case or a folder paired with the references by name. Any file
+versa. A mask is one file for every case or a folder paired with the references by name (``case`` or, as
+the field-of-view masks of HRF / DRIVE-style layouts, ``case_mask``). Any file
 type that :mod:`medrs_diff.io` reads is accepted; hidden and temporary (``.tmp-*``) files are skipped.
 """
 
@@ -82,7 +83,8 @@ def find_pairs(pred: PathLike, ref: PathLike) -> list[tuple[str, Path, Path]]:
 
 
 def find_masks(mask: PathLike | None, cases: list[str]) -> dict[str, Path | None]:
-    """Mask file per case: one file for all cases, or a folder paired with the cases by name."""
+    """Mask file per case: one file for all cases, or a folder paired with the cases by name: ``<case>`` first,
+    else ``<case>_mask`` (the FOV masks of HRF, ``NN_h_mask.tif`` for ``NN_h``)."""
     if mask is None:
         return dict.fromkeys(cases)
     mask = Path(mask)
@@ -92,11 +94,13 @@ def find_masks(mask: PathLike | None, cases: list[str]) -> dict[str, Path | None
         io.format_for(mask)
         return dict.fromkeys(cases, mask)
     files = _list_folder(mask, "mask")
-    missing = [c for c in cases if c not in files]
+    found = {c: files.get(c) or files.get(f"{c}_mask") for c in cases}
+    missing = [c for c, f in found.items() if f is None]
     if missing:
         raise MissingFileError(mask, f"no mask for case(s) {_list(missing)}",
-                               "masks are paired with references by name without extension: add them")
-    return {c: files[c] for c in cases}
+                               "masks are paired with references by name without extension (<case> or "
+                               "<case>_mask): add them")
+    return found
 
 
 def find_cases(pred: PathLike, ref: PathLike, mask: PathLike | None = None) -> list[Case]:

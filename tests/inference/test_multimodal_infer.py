@@ -19,13 +19,9 @@ from medrs_diff.datamodules import NiftiSegmentationDataModule
 from medrs_diff.errors import CheckpointError, DataError
 from medrs_diff.inference import Predictor
 from medrs_diff.inference.cases import find_cases
-from medrs_diff.methods import SegDiff
-from medrs_diff.train.checkpoint import method_config
 
-pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
+pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
-TINY = dict(channels=[8, 8], attention_levels=[False, False], num_res_blocks=1, num_head_channels=8,
-            norm_num_groups=8, rrdb_blocks=1, rrdb_features=8, rrdb_growth=4, timesteps=10)
 MODS = ["t1n", "t1c", "t2w", "t2f"]
 #: very different ranges per modality: one z-score over the stacked case would not match training
 LEVELS = {"t1n": (100.0, 10.0), "t1c": (500.0, 80.0), "t2w": (1000.0, 200.0), "t2f": (50.0, 5.0)}
@@ -36,34 +32,14 @@ FAST = ["--steps", "1", "--n-samples", "1", "--device", "cpu", "--no-progress"]
 OUTPUTS = ("prediction", "uncertainty", "probability")
 
 
-def _live(method):
-    """Perturb every weight: a fresh SegDiff's output convolution is zero (eps = 0 whatever the image), which
-    would make outputs blind to the input and the comparisons here vacuous."""
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for w in method.parameters():
-            w.add_(0.1 * torch.randn(w.shape, generator=g))
-    return method.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(scope="module")
+def seg3d(tiny_segdiff):
+    return tiny_segdiff(0, spatial_dims=3, in_channels=4)
 
 
 @pytest.fixture(scope="module")
-def seg3d():
-    torch.manual_seed(0)
-    return _live(SegDiff(spatial_dims=3, in_channels=4, **TINY))
-
-
-@pytest.fixture(scope="module")
-def seg2d():
-    torch.manual_seed(1)
-    return _live(SegDiff(spatial_dims=2, in_channels=4, **TINY))
+def seg2d(tiny_segdiff):
+    return tiny_segdiff(1, spatial_dims=2, in_channels=4)
 
 
 def _modality(seed, m, shape=SHAPE):
@@ -94,19 +70,8 @@ def _case(root, case, layout="brats", seed=0, skip=(), label=True, affine=LPS):
     return vols
 
 
-def _checkpoint(method, path, **data):
-    torch.save({"state_dict": {f"method.{k}": v for k, v in method.state_dict().items()},
-                "hyper_parameters": {"method": method_config(method)},
-                "datamodule_hyper_parameters": {"scaling": "zscore", "patch_size": None, **data}}, path)
-    return path
-
-
 def _files(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-
-
-def _load(paths):
-    return {k: np.asarray(nib.load(str(p)).dataobj) for k, p in paths.items()}
 
 
 class Spy:
@@ -133,7 +98,7 @@ class Spy:
         del self.method.predict
 
 
-def test_brats_case_folder_and_folder_of_cases_write_case_files_on_the_grid(seg3d, tmp_path):
+def test_brats_case_folder_and_folder_of_cases_write_case_files_on_the_grid(seg3d, load_niftis, tmp_path):
     root = tmp_path / "cases"
     for i, case in enumerate(("BraTS-001", "BraTS-002")):
         _case(root, case, seed=i)
@@ -148,8 +113,8 @@ def test_brats_case_folder_and_folder_of_cases_write_case_files_on_the_grid(seg3
         img = nib.load(str(path))
         assert img.shape == SHAPE
         np.testing.assert_array_equal(img.affine, ref.affine)
-    same = _load(both[1])  # seeded by the case name: alone or with another case, the same outputs
-    for k, v in _load(one).items():
+    same = load_niftis(both[1])  # seeded by the case name: alone or with another case, the same outputs
+    for k, v in load_niftis(one).items():
         np.testing.assert_array_equal(same[k], v)
     (named,) = p.predict_files(root / "BraTS-001", tmp_path / "single.nii.gz", **RUN)  # one case -> a file name
     assert named["prediction"] == tmp_path / "single.nii.gz"
@@ -173,18 +138,18 @@ def test_flat_folder_is_grouped_into_cases_and_labels_are_left_alone(seg3d, tmp_
     assert [c.name for c in pb.input_sources(root)[0]] == ["p01", "p_02"]
 
 
-def test_a_4d_nifti_of_the_stacked_modalities_gives_the_case_outputs(seg3d, tmp_path):
+def test_a_4d_nifti_of_the_stacked_modalities_gives_the_case_outputs(seg3d, load_niftis, tmp_path):
     vols = _case(tmp_path / "cases", "c7", seed=4)
     stacked = _write(tmp_path / "stacked" / "c7.nii.gz", np.stack([vols[m] for m in MODS], -1))
     p = Predictor.from_method(seg3d, scaling="zscore", modalities=MODS, layout="brats")
     (a,) = p.predict_files(tmp_path / "cases" / "c7", tmp_path / "a", **RUN)
     (b,) = p.predict_files(stacked, tmp_path / "b", **RUN)  # per-channel scaling on the 4-D file as well
-    got, want = _load(b), _load(a)
+    got, want = load_niftis(b), load_niftis(a)
     for k in OUTPUTS:
         np.testing.assert_array_equal(got[k], want[k])
     pooled = Predictor.from_method(seg3d, scaling="zscore")  # no modalities: one z-score over the 4 channels
     (c,) = pooled.predict_files(stacked, tmp_path / "c", **RUN)
-    assert not np.allclose(_load(c)["probability"], want["probability"])
+    assert not np.allclose(load_niftis(c)["probability"], want["probability"])
 
 
 @pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan-filled"])
@@ -210,7 +175,7 @@ def test_the_model_sees_what_the_training_pipeline_gives(seg3d, nan, tmp_path):
     assert not np.allclose(zscore(stacked).forward(stacked).numpy()[:, ::-1, ::-1], train.numpy(), atol=0.1)
 
 
-def test_slice_wise_multimodal_case_sees_the_training_slices(seg2d, tmp_path):
+def test_slice_wise_multimodal_case_sees_the_training_slices(seg2d, write_checkpoint, tmp_path):
     root = tmp_path / "cases"
     _case(root, "c1", seed=5)
     dm = NiftiSegmentationDataModule(str(root), spatial_dims=2, scaling="zscore", modalities=MODS, layout="brats",
@@ -218,7 +183,7 @@ def test_slice_wise_multimodal_case_sees_the_training_slices(seg2d, tmp_path):
     (record,) = dm.records()
     train = torch.as_tensor(dm.transforms(train=False)(record)["image"]).as_subclass(torch.Tensor)
     assert train.shape == (4, *SHAPE[:2])  # one axial slice, scaled on the whole volume
-    ckpt = _checkpoint(seg2d, tmp_path / "s.ckpt", spatial_dims=2, modalities=MODS, layout="brats", slices=True)
+    ckpt = write_checkpoint(seg2d, tmp_path / "s.ckpt", spatial_dims=2, modalities=MODS, layout="brats", slices=True)
     p = Predictor.from_checkpoint(ckpt)
     assert p.slice_wise and p.modalities == tuple(MODS)
     with Spy(p.method) as spy:
@@ -232,8 +197,8 @@ def test_slice_wise_multimodal_case_sees_the_training_slices(seg2d, tmp_path):
 
 
 @pytest.fixture
-def ckpt3d(seg3d, tmp_path):
-    return _checkpoint(seg3d, tmp_path / "mm.ckpt", spatial_dims=3, modalities=MODS, layout="brats")
+def ckpt3d(seg3d, write_checkpoint, tmp_path):
+    return write_checkpoint(seg3d, tmp_path / "mm.ckpt", spatial_dims=3, modalities=MODS, layout="brats")
 
 
 def _infer(capsys, ckpt, src, out):
@@ -290,8 +255,8 @@ def test_one_modality_file_alone_names_the_ways_to_give_the_case(seg3d, tmp_path
         p.predict_files(tmp_path / "cases" / "c1" / "c1-t1n.nii.gz", tmp_path / "o", **RUN)
 
 
-def test_checkpoint_modalities_must_fit_the_model(seg3d, tmp_path):
-    good = Predictor.from_checkpoint(_checkpoint(seg3d, tmp_path / "g.ckpt", modalities=MODS, layout="flat"))
+def test_checkpoint_modalities_must_fit_the_model(seg3d, write_checkpoint, tmp_path):
+    good = Predictor.from_checkpoint(write_checkpoint(seg3d, tmp_path / "g.ckpt", modalities=MODS, layout="flat"))
     assert good.modalities == tuple(MODS) and good.layout == "flat" and good.channelwise and not good.slice_wise
     with pytest.raises(CheckpointError, match=r"records modalities \['t1n', 't2w'\] for a model with 4 input"):
-        Predictor.from_checkpoint(_checkpoint(seg3d, tmp_path / "b.ckpt", modalities=["t1n", "t2w"]))
+        Predictor.from_checkpoint(write_checkpoint(seg3d, tmp_path / "b.ckpt", modalities=["t1n", "t2w"]))

@@ -17,41 +17,18 @@ from medrs_diff.data.scaling import zscore
 from medrs_diff.errors import ArgumentError, DataError
 from medrs_diff.inference import Predictor
 from medrs_diff.inference.seeding import window_generators
-from medrs_diff.methods import SegDiff
-from medrs_diff.train.checkpoint import method_config
 
-pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
+pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
-TINY = dict(channels=[8, 8], attention_levels=[False, False], num_res_blocks=1, num_head_channels=8,
-            norm_num_groups=8, rrdb_blocks=1, rrdb_features=8, rrdb_growth=4, timesteps=10)
 RUN = dict(steps=2, n_samples=2, seed=5)
 FAST = ["--steps", "1", "--n-samples", "1", "--device", "cpu", "--no-progress"]
 #: stored axes (S, L->R flipped, P->A flipped): the axial axis is stored first, so RAS reorders all three.
 PERMUTED = np.array([[0, -1.2, 0, 30.0], [0, 0, -1.2, 20.0], [2.5, 0, 0, -10.0], [0, 0, 0, 1]])
 
 
-def _live(method):
-    """Perturb every weight: a fresh SegDiff's output convolution is zero (eps = 0 whatever the image), which
-    would make outputs blind to the input and the comparisons here vacuous."""
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for w in method.parameters():
-            w.add_(0.1 * torch.randn(w.shape, generator=g))
-    return method.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def method():
-    torch.manual_seed(3)
-    return _live(SegDiff(spatial_dims=2, **TINY))
+def method(tiny_segdiff):
+    return tiny_segdiff(3, spatial_dims=2)
 
 
 def _nifti(path, shape, affine, seed=0):
@@ -61,13 +38,6 @@ def _nifti(path, shape, affine, seed=0):
     img.header["descrip"] = b"slice-wise phantom"
     nib.save(img, str(path))
     return vol
-
-
-def _checkpoint(method, path, **data):
-    torch.save({"state_dict": {f"method.{k}": v for k, v in method.state_dict().items()},
-                "hyper_parameters": {"method": method_config(method)},
-                "datamodule_hyper_parameters": {"scaling": "zscore", "patch_size": None, **data}}, path)
-    return path
 
 
 def _hand(method, vol, affine, case, seed=5, steps=2, n_samples=2):
@@ -88,19 +58,16 @@ def _hand(method, vol, affine, case, seed=5, steps=2, n_samples=2):
     return {k: apply_orientation(np.stack(v, -1), inv) for k, v in outs.items()}
 
 
-def _load(paths):
-    return {k: np.asarray(nib.load(str(p)).dataobj) for k, p in paths.items()}
-
-
 @pytest.mark.parametrize(("affine", "shape"), [(np.diag([1.5, 1.5, 3.0, 1.0]), (16, 16, 4)), (PERMUTED, (4, 16, 16))],
                          ids=["ras", "axial-axis-stored-first"])
-def test_volume_slice_by_slice_equals_the_hand_composition_on_the_volume_grid(method, affine, shape, tmp_path):
+def test_volume_slice_by_slice_equals_the_hand_composition_on_the_volume_grid(method, affine, shape, load_niftis,
+                                                                              tmp_path):
     src = tmp_path / "vol.nii.gz"
     vol = _nifti(src, shape, affine)
     p = Predictor.from_method(method, scaling="zscore")
     (paths,) = p.predict_files(src, tmp_path / "out", slice_wise=True, batch=3, **RUN)
     assert set(paths) == {"prediction", "uncertainty", "probability"}
-    got, want = _load(paths), _hand(method, vol, affine, "vol.nii.gz")
+    got, want = load_niftis(paths), _hand(method, vol, affine, "vol.nii.gz")
     for k in paths:
         img = nib.load(str(paths[k]))
         assert img.shape == shape  # one volume per output, in stored voxel order
@@ -111,7 +78,7 @@ def test_volume_slice_by_slice_equals_the_hand_composition_on_the_volume_grid(me
     assert not np.allclose(got["probability"][..., 0] if shape[2] == 4 else got["probability"][0],
                            got["probability"][..., 1] if shape[2] == 4 else got["probability"][1])
     (again,) = p.predict_files(src, tmp_path / "b1", slice_wise=True, batch=1, **RUN)
-    for k, v in _load(again).items():
+    for k, v in load_niftis(again).items():
         np.testing.assert_allclose(v, got[k], atol=1e-6)  # the batch does not change a slice's noise
 
 
@@ -152,9 +119,9 @@ def test_volume_without_slice_wise_is_refused_naming_the_switch(method, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_slice_wise_needs_a_2d_model_and_a_bool(tmp_path):
-    torch.manual_seed(0)
-    p3 = Predictor.from_method(SegDiff(spatial_dims=3, **TINY), scaling="zscore")
+def test_slice_wise_needs_a_2d_model_and_a_bool(tiny_segdiff, tmp_path):
+    seg3d = tiny_segdiff(0, spatial_dims=3)
+    p3 = Predictor.from_method(seg3d, scaling="zscore")
     src = tmp_path / "v.nii.gz"
     _nifti(src, (16, 16, 8), np.eye(4))
     with pytest.raises(ArgumentError, match="slice_wise runs a 2-D model slice by slice, but this model is 3-D"):
@@ -162,28 +129,29 @@ def test_slice_wise_needs_a_2d_model_and_a_bool(tmp_path):
     with pytest.raises(ArgumentError, match="must be True, False or None"):
         p3.predict_files(src, tmp_path / "out", slice_wise="yes", **RUN)
     with pytest.raises(ArgumentError, match="this model is 3-D"):
-        Predictor.from_method(SegDiff(spatial_dims=3, **TINY), slice_wise=True)
+        Predictor.from_method(seg3d, slice_wise=True)
 
 
-def test_a_single_slice_stays_a_2d_image_under_slice_wise(method, tmp_path):
+def test_a_single_slice_stays_a_2d_image_under_slice_wise(method, load_niftis, tmp_path):
     src = tmp_path / "s.nii.gz"
     aff = np.diag([0.8, 0.8, 3.0, 1.0])
     _nifti(src, (16, 12, 1), aff)
     p = Predictor.from_method(method, scaling="zscore")
-    plain = _load(p.predict_files(src, tmp_path / "a", **RUN)[0])
-    sliced = _load(p.predict_files(src, tmp_path / "b", slice_wise=True, **RUN)[0])
+    plain = load_niftis(p.predict_files(src, tmp_path / "a", **RUN)[0])
+    sliced = load_niftis(p.predict_files(src, tmp_path / "b", slice_wise=True, **RUN)[0])
     for k in plain:
         assert sliced[k].shape == (16, 12, 1)
         np.testing.assert_array_equal(sliced[k], plain[k])
 
 
-def test_cli_default_comes_from_the_checkpoint_and_the_switch_overrides_it(method, tmp_path, capsys):
+def test_cli_default_comes_from_the_checkpoint_and_the_switch_overrides_it(method, write_checkpoint, tmp_path,
+                                                                            capsys):
     src = tmp_path / "in" / "vol.nii.gz"
     src.parent.mkdir()
     affine = np.diag([-1.0, -1.0, 2.0, 1.0])  # LPS storage
     _nifti(src, (16, 16, 3), affine)
-    plain = _checkpoint(method, tmp_path / "plain.ckpt")
-    slices = _checkpoint(method, tmp_path / "slices.ckpt", slices=True, spatial_dims=2)
+    plain = write_checkpoint(method, tmp_path / "plain.ckpt")
+    slices = write_checkpoint(method, tmp_path / "slices.ckpt", slices=True, spatial_dims=2)
     assert Predictor.from_checkpoint(slices).slice_wise and not Predictor.from_checkpoint(plain).slice_wise
 
     def infer(ckpt, out, *extra):

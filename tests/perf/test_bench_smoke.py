@@ -137,3 +137,32 @@ def test_peak_table():
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA H100 PCIe") == 756e12
     assert peak_flops("NVIDIA A10G") is None and peak_flops(None) is None
+
+
+def _nfe_module():
+    sys.path.insert(0, str(EVAL))
+    try:
+        import bench_nfe_quality
+    finally:
+        sys.path.remove(str(EVAL))
+    return bench_nfe_quality
+
+
+def test_nfe_reference_and_cheapest_within_tolerance():
+    """bench_nfe_quality: the reference is DDPM over all T steps with the largest ensemble; the pick is the fewest
+    network evaluations whose Dice is within the tolerance of it (seconds break NFE ties)."""
+    m = _nfe_module()
+    #       sampler, steps, n, NFE, Dice, s/case, non-binary member, fused
+    rows = [("ddpm", 1000, 1, 1000, 0.80, 5.0, 0, 0), ("ddpm", 1000, 9, 9000, 0.90, 20.0, 0, 0),
+            ("ddpm", 100, 5, 500, 0.95, 2.0, 0, 0),  # better than the reference: allowed
+            ("ddim", 10, 1, 10, 0.885, 0.10, 0, 0),  # 1.5 points below: out
+            ("ddim", 10, 3, 30, 0.891, 0.30, 0, 0),  # within 1 point
+            ("dpm_solver_pp", 10, 3, 30, 0.895, 0.20, 0, 0),  # same NFE, faster: the pick
+            ("dpm_solver_pp", 20, 1, 20, 0.70, 0.10, 0, 0)]
+    ref = m.reference_row(rows, 1000)
+    assert ref[:3] == ("ddpm", 1000, 9)
+    assert m.select_cheapest(rows, ref, 0.01)[:3] == ("dpm_solver_pp", 10, 3)
+    assert m.select_cheapest(rows, ref, 0.02)[:3] == ("ddim", 10, 1)
+    assert m.select_cheapest(rows, ref, 0.0)[:3] == ("ddpm", 100, 5)
+    with pytest.raises(SystemExit, match="ddpm 50-step"):
+        m.reference_row(rows, 50)
