@@ -12,6 +12,7 @@ from ..diffusion.generators import GeneratorLike, randn
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.schedules import Schedule
 from ..errors import ArgumentError
+from ._segmentation import simplex_denoiser
 from .base import DiffusionMethod, check_sampler
 
 
@@ -26,6 +27,7 @@ def sample_n(
     device: torch.device,
     generator: GeneratorLike,
     progress: bool = False,
+    simplex: bool = False,
     **sampler_kwargs: Any,
 ) -> Tensor:
     """Draw ``n_samples`` samples per batch element in one batched chain; returns (n, B, C, ...).
@@ -38,6 +40,8 @@ def sample_n(
     check_sampler(sampler)
     if n_samples < 1:
         raise ArgumentError("n_samples", f"must be >= 1, got {n_samples}", "draw at least one sample")
+    if simplex:
+        denoise = simplex_denoiser(denoise, schedule)
     b = shape[0]
     x_T = randn((n_samples * b, *shape[1:]), generator, device=device)
     out = SAMPLERS[sampler](denoise, x_T, schedule, steps=steps, progress=progress, generator=generator,
@@ -60,16 +64,17 @@ def sample_with_features(
     steps: int | None,
     generator: GeneratorLike,
     progress: bool = False,
+    simplex: bool = False,
 ) -> Tensor:
     """``n_samples`` clipped samples per batch element from ``method.denoiser`` conditioned by ``features``
     (computed once, not per step; the denoiser takes ``features=``), with the method's default sampler and
-    steps where none is given; returns (B, n, C, ...), the ensemble layout."""
+    steps where none is given; ``simplex`` as in :func:`sample_n`; returns (B, n, C, ...), the ensemble layout."""
     feats = repeat_batch(features, n_samples)
     net = method.denoiser
     out = sample_n(
         lambda x, t: net(x, t, features=feats), shape, method.schedule, n_samples=n_samples,
         sampler=sampler if sampler is not None else method.default_sampler,
         steps=steps if steps is not None else method.sampling_steps, device=features.device,
-        generator=generator, progress=progress, clip=True,
+        generator=generator, progress=progress, clip=True, simplex=simplex,
     )
     return out.transpose(0, 1)

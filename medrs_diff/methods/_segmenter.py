@@ -48,6 +48,12 @@ class DiffusionSegmenter(DiffusionMethod):
         self.sampler, self.sampling_steps = sampler, sampling_steps
 
     @property
+    def simplex(self) -> bool:
+        """Whether sampling projects each x0 estimate onto the one-hot simplex: K-class masks (see
+        :func:`~medrs_diff.methods._segmentation.simplex_denoiser`); binary masks keep the box clip."""
+        return self.out_channels > 1
+
+    @property
     def size_multiple(self) -> int:
         return self.denoiser.size_multiple
 

@@ -6,7 +6,8 @@ from x_t, t and the image: at every encoder scale the layer-normed image and (FF
 features are multiplied and re-weight the image features, ``A = (LN(m_I) ⊙ LN(m_x)) ⊙ m_I``; the two
 embeddings are summed at the bottleneck and decoded. Loss: eps-MSE (the paper; the official code adds a
 learned-variance term, not used here). Sampling: the 1000-step DDPM chain by default (``sampler`` /
-``sampling_steps`` / the ``predict`` arguments choose DDIM or DPM-Solver++ with final x0 clipping),
+``sampling_steps`` / the ``predict`` arguments choose DDIM or DPM-Solver++ with final x0 clipping;
+K-class x0 estimates are projected onto the one-hot simplex, see :mod:`~medrs_diff.methods._segmentation`),
 ``n_samples`` members fused by STAPLE (the paper) or mean / majority, with the uncertainty map of
 :func:`~medrs_diff.methods._segmentation.decode_samples`. The paper fuses about 25 samples; the
 default here is 5, the official repository's default, since every member costs a whole chain
@@ -145,7 +146,8 @@ class MedSegDiffV1(DiffusionSegmenter):
     # -- inference --------------------------------------------------------------------------------
     def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:
         features = self.net.image_features(image)
-        samples = sample_with_features(self, features, self.mask_shape(image), n_samples=n_samples, **sampling)
+        samples = sample_with_features(self, features, self.mask_shape(image), n_samples=n_samples,
+                                       simplex=self.simplex, **sampling)
         return samples, {"features": features}
 
     def extra_outputs(self, out: dict[str, Tensor], samples: Tensor, kept: dict) -> dict[str, Tensor]:

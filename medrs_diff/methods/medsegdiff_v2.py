@@ -20,7 +20,8 @@ weights the CE term (≈: we could not check the values of α and that weight ag
 a multiple of it; default 1: every element) and ``anchor_ce_weight`` the CE weight (default 1).
 
 Sampling: as V1, the 1000-step DDPM chain by default (``sampler`` / ``sampling_steps`` / the
-``predict`` arguments choose DDIM or DPM-Solver++ with final x0 clipping), ``n_samples`` members
+``predict`` arguments choose DDIM or DPM-Solver++ with final x0 clipping; K-class x0 estimates are
+projected onto the one-hot simplex, see :mod:`~medrs_diff.methods._segmentation`), ``n_samples`` members
 (default 5, the official repository's) fused by STAPLE (default) or mean / majority, with the
 uncertainty maps of :func:`~medrs_diff.methods._segmentation.decode_samples`. The condition model
 does not see x_t, so it runs once per case, not per step. ``predict`` also returns ``anchor_probability``
@@ -151,7 +152,8 @@ class MedSegDiffV2(DiffusionSegmenter):
         anchors, semantics = repeat_batch(anchor, n_samples), repeat_batch(semantic, n_samples)
         net = self.net
         samples = sample_n(lambda x, t: net(x, t, anchor=anchors, semantic=semantics), self.mask_shape(image),
-                           self.schedule, n_samples=n_samples, device=image.device, clip=True, **sampling)
+                           self.schedule, n_samples=n_samples, device=image.device, clip=True, simplex=self.simplex,
+                           **sampling)
         return samples.transpose(0, 1), {"logits": logits}
 
     def extra_outputs(self, out: dict[str, Tensor], samples: Tensor, kept: dict) -> dict[str, Tensor]:

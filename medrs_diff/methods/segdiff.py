@@ -73,4 +73,4 @@ class SegDiff(DiffusionSegmenter):
 
     def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:
         return sample_with_features(self, self.encoder(image), self.mask_shape(image), n_samples=n_samples,
-                                    **sampling), {}
+                                    simplex=self.simplex, **sampling), {}

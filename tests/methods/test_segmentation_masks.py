@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medrs_diff.diffusion.schedules import make_schedule
 from medrs_diff.errors import ArgumentError, DataError
-from medrs_diff.methods import SegDiff
-from medrs_diff.methods._segmentation import decode_samples, encode_mask, mask_channels, sample_probabilities
+from medrs_diff.methods import MedSegDiffV1, MedSegDiffV2, SegDiff
+from medrs_diff.methods._sampling import sample_n
+from medrs_diff.methods._segmentation import (
+    decode_samples,
+    encode_mask,
+    mask_channels,
+    project_simplex,
+    sample_probabilities,
+)
 
 TINY = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
             norm_num_groups=8, rrdb_blocks=1, rrdb_features=16, rrdb_growth=8)
@@ -78,3 +86,65 @@ def test_segdiff_multiclass_shapes_and_class_probabilities():
     assert torch.allclose(out["probability"].sum(1), torch.ones(2, 8, 8), atol=1e-5)
     with pytest.raises(DataError, match="outside the classes 0 .. 2"):
         m.loss({"image": image, "label": label + 1})
+
+
+# -- K-class sampling on the simplex ------------------------------------------------------------------------
+def test_project_simplex_by_hand_and_its_properties():
+    x = torch.tensor([[1.0, 1, 1], [3, 2, 2], [1, -1, -1], [0.2, -5, 0.1]]).T[None, :, :, None]  # (1, K=3, 4, 1)
+    want = torch.tensor([[-1 / 3, -1 / 3, -1 / 3], [1 / 3, -2 / 3, -2 / 3], [1, -1, -1], [0.05, -1, -0.05]]).T
+    assert torch.allclose(project_simplex(x)[0, :, :, 0], want, atol=1e-6)
+    torch.manual_seed(0)
+    y = torch.randn(3, 4, 5, 6) * 3
+    p = project_simplex(y)
+    assert torch.allclose(((p + 1) / 2).sum(1), torch.ones(3, 5, 6), atol=1e-5) and p.min() >= -1 and p.max() <= 1
+    assert torch.allclose(project_simplex(y + 2.5), p, atol=1e-5)  # a common shift carries no class: removed
+    assert torch.allclose(project_simplex(p), p, atol=1e-6)
+    onehot = encode_mask(torch.randint(0, 4, (2, 1, 5, 6)).float(), 4)
+    assert torch.equal(project_simplex(onehot), onehot)
+
+
+def _offset_denoiser(x0: torch.Tensor, abar: torch.Tensor, offset: float):
+    """An eps denoiser whose x0 estimate is ``x0`` shifted by ``offset`` on every channel (a class-free error)."""
+    def denoise(x: torch.Tensor, t: torch.Tensor, **_) -> torch.Tensor:
+        a = abar[t.long()].reshape(-1, *([1] * (x.ndim - 1)))
+        return (x - a.sqrt() * (x0 + offset)) / (1 - a).sqrt()
+    return denoise
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver_pp", "ddpm"])
+def test_a_common_mode_x0_error_keeps_the_class_on_the_simplex_and_loses_it_in_the_box(sampler):
+    """The box clip saturates every channel of x0 + 3 at +1 (a tie: the class is lost); the simplex
+    projection removes the shift exactly, so the chain ends on the true one-hot mask."""
+    label = torch.randint(0, 3, (2, 1, 6, 6), generator=torch.Generator().manual_seed(0)).float()
+    x0 = encode_mask(label, 3)
+    sched = make_schedule("linear", 100)
+    denoise = _offset_denoiser(x0.repeat(2, 1, 1, 1), sched.table("alphas_cumprod"), 3.0)
+    kw = dict(n_samples=2, sampler=sampler, steps=10, device=torch.device("cpu"), clip=True)
+    on = sample_n(denoise, tuple(x0.shape), sched, simplex=True, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.allclose(on, x0.expand_as(on), atol=1e-4)
+    box = sample_n(denoise, tuple(x0.shape), sched, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(decode_samples(box.transpose(0, 1), 3)["prediction"], torch.zeros_like(label))
+    assert torch.equal(decode_samples(on.transpose(0, 1), 3)["prediction"], label)
+
+
+V1_TINY = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
+               norm_num_groups=8, ff_base_size=16)
+V2_TINY = dict(V1_TINY, cond_features=(8, 8, 16, 16, 32, 8), ssformer_heads=2)
+V2_TINY.pop("ff_base_size")
+
+
+@pytest.mark.parametrize("cls, kwargs", [(MedSegDiffV1, V1_TINY), (MedSegDiffV2, V2_TINY), (SegDiff, TINY)])
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_segmenters_sample_k_class_masks_on_the_simplex(cls, kwargs, num_classes):
+    """Every diffusion segmenter samples K-class masks through the simplex (binary ones keep the box clip):
+    a denoiser with a class-free x0 error still gives the right labels."""
+    torch.manual_seed(0)
+    m = cls(in_channels=1, num_classes=num_classes, timesteps=50, fusion="mean", **kwargs).eval()
+    assert m.simplex is (num_classes > 2)
+    label = torch.randint(0, num_classes, (2, 1, 32, 32), generator=torch.Generator().manual_seed(0)).float()
+    x0 = encode_mask(label, num_classes)
+    m.denoiser.forward = _offset_denoiser(x0.repeat(3, 1, 1, 1), m.schedule.table("alphas_cumprod"),
+                                          3.0 if num_classes > 2 else 0.0)
+    out = m.predict({"image": torch.randn(2, 1, 32, 32)}, sampler="ddim", steps=5, n_samples=3,
+                    generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["prediction"], label)
