@@ -674,7 +674,7 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike | NiftiVolume, out_path: 
         arr = arr[..., 0] if arr.shape[-1] == 1 else arr
         images.append(nifti_image(arr.astype(dtype), affine, header=vol.header, dtype=dtype,
                                   scaling=scale_in))
-    with atomic_outputs(list(paths.values()), sources) as tmps:
+    with atomic_outputs([paths[k] for k in keys], sources) as tmps:  # in the order of ``images``
         for img, tmp in zip(images, tmps, strict=True):
             img.to_filename(str(tmp))
     return paths
