@@ -3,6 +3,7 @@ discriminative baselines; all share the contract in :mod:`.base`."""
 
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
+from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .segdiff import SegDiff
@@ -13,12 +14,13 @@ METHODS: dict[str, type[Method]] = {
     "segdiff": SegDiff,
     "medsegdiff_v1": MedSegDiffV1,
     "medsegdiff_v2": MedSegDiffV2,
+    "eiddpm": EIDDPM,
     "srdiff": SRDiff,
     "smp_unet": SMPUNet,
     "regression_sr": RegressionSR,
 }
 
 __all__ = [
-    "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR", "SMPUNet",
-    "SRDiff", "SegDiff",
+    "EIDDPM", "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR",
+    "SMPUNet", "SRDiff", "SegDiff",
 ]

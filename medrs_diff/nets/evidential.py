@@ -189,20 +189,25 @@ class EvidenceLayer(nn.Module):
 
 
 class ContextualDiscounting(nn.Module):
-    """The Contextual Discounting Operator: a learned reliability beta[m, k] = sigmoid(theta[m, k]) for each
-    of M sources and K classes (initial value ``init``), applied by :func:`contextual_discount`."""
+    """The Contextual Discounting Operator: a learned reliability beta[m, k] = sigmoid(gain * theta[m, k]) for
+    each of M sources and K classes (initial value ``init``), applied by :func:`contextual_discount`.
+    ``gain`` only rescales the parameter: under Adam a step moves the logit about ``gain`` times the
+    learning rate, so the M x K reliabilities can move faster than the network weights."""
 
-    def __init__(self, num_sources: int, num_classes: int, init: float = 0.9) -> None:
+    def __init__(self, num_sources: int, num_classes: int, init: float = 0.9, gain: float = 1.0) -> None:
         super().__init__()
         if not 0 < init < 1:
             raise ArgumentError("init", f"initial reliability must lie in (0, 1), got {init}", "use e.g. 0.9")
-        theta = torch.full((num_sources, _check_classes(num_classes)), float(torch.logit(torch.tensor(init))))
-        self.theta = nn.Parameter(theta)
+        if isinstance(gain, bool) or not isinstance(gain, int | float) or not gain > 0:
+            raise ArgumentError("gain", f"must be a number > 0, got {gain!r}", "use 1.0 (plain logits) or e.g. 10.0")
+        logit = float(torch.logit(torch.tensor(init))) / float(gain)
+        self.theta = nn.Parameter(torch.full((num_sources, _check_classes(num_classes)), logit))
+        self.gain = float(gain)
 
     @property
     def reliability(self) -> Tensor:
         """(M, K) reliabilities in (0, 1)."""
-        return torch.sigmoid(self.theta)
+        return torch.sigmoid(self.gain * self.theta)
 
     def forward(self, masses: Tensor) -> Tensor:
         """Discount each source of ``masses`` (B, M, 2**K, *spatial) by its reliabilities."""

@@ -27,7 +27,11 @@ TINY = {
     "medsegdiff_v2": dict(in_channels=2, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
                           num_head_channels=16, norm_num_groups=8, cond_features=(8, 8, 16, 16, 32, 8),
                           ssformer_heads=2),
+    "eiddpm": dict(in_channels=2, num_classes=2, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
+                   num_head_channels=16, norm_num_groups=8, timesteps=100),
 }
+#: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
+OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}}
 
 
 def test_every_registered_method_is_covered_by_the_contract_tests():
@@ -88,6 +92,10 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                             {"size_multiple": 1})
     assert specs["medsegdiff_v1"] == IOSpec({"image": 2}, seg_out, 2, 1, "seg", (), {"size_multiple": 2})
     assert specs["medsegdiff_v2"] == IOSpec({"image": 2}, seg_out, 2, 1, "seg", (), {"size_multiple": 16})
+    branches = ("branch_prediction_0", "branch_prediction_1")
+    assert specs["eiddpm"] == IOSpec({"image": 2}, (*seg_out, "conflict", "reliability", "branch_uncertainty",
+                                                    *branches), 2, 1, "seg", (),
+                                     {"size_multiple": 2, "label_outputs": ("prediction", *branches)})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -105,6 +113,7 @@ def test_predict_returns_every_declared_output():
         "smp_unet": {"image": torch.randn(2, 2, 16, 16)},
         "medsegdiff_v1": {"image": torch.randn(2, 2, 16, 16)},
         "medsegdiff_v2": {"image": torch.randn(2, 2, 32, 16)},  # instance norm needs 2 bottleneck voxels
+        "eiddpm": {"image": torch.randn(2, 2, 16, 16)},
         "srdiff": {"cond": torch.randn(2, 3, 8, 8)},
         "regression_sr": {"cond": torch.randn(2, 3, 8, 8)},
     }
@@ -114,8 +123,9 @@ def test_predict_returns_every_declared_output():
         spec = m.io_spec
         assert set(spec.outputs) <= set(out), name
         x = batches[name][spec.input_key]
-        want = (2, m.out_channels, *(s * spec.grid_factor for s in x.shape[2:]))
-        assert all(tuple(out[k].shape) == want for k in spec.outputs), name
+        spatial = tuple(s * spec.grid_factor for s in x.shape[2:])
+        for k in spec.outputs:
+            assert tuple(out[k].shape) == (2, OUT_CHANNELS.get(name, {}).get(k, m.out_channels), *spatial), (name, k)
 
 
 def test_diffusion_methods_declare_denoiser_schedule_and_sampler():
