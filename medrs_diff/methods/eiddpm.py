@@ -211,6 +211,16 @@ class EIDDPM(DiffusionSegmenter):
         """Discount each modality's masses (B, M, 2**K, ...) by the CDO and combine them: fused masses, conflict."""
         return dempster(self.discounting(masses))
 
+    def panel_columns(self, batch: dict[str, Any], out: dict[str, Tensor]) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+        """Panel columns (:func:`~medrs_diff.viz.panels.save_panel`): each modality, each branch's mask, the
+        fused mask, the reference and the fused uncertainty; the masks share one range (the second item)."""
+        image = batch[self.input_key]
+        cols: dict[str, Tensor] = {f"modality {m}": image[:, m:m + 1] for m in range(image.shape[1])}
+        branches = {f"branch {m}": out.get(f"branch_prediction_{m}") for m in range(image.shape[1])}
+        cols.update({**branches, "prediction": out.get("prediction"), "reference": batch.get(self.target_key),
+                     "uncertainty": out.get("uncertainty")})
+        return {k: v for k, v in cols.items() if v is not None}, ("prediction", "reference", *branches)
+
     # -- training -----------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         image, label, x0 = self.training_pair(batch)

@@ -395,14 +395,20 @@ class DiffusionTask(L.LightningModule):
         """Write ``<panels_dir>/<stage>_step<global_step>.png`` (input / prediction / reference / uncertainty)."""
         folder = self.panels_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "panels")
         path = os.path.join(folder, f"{stage}_step{self.global_step:08d}.png")
-        cols = {
-            "input": batch.get(self.method.input_key),
-            "prediction": out.get("prediction"),
-            "reference": batch.get(self.method.target_key),
-            "uncertainty": out.get("uncertainty"),
-        }
+        own = getattr(self.method, "panel_columns", None)  # a method with more to show (EI-DDPM: per modality)
+        shared: tuple[str, ...] = ("prediction", "reference")
+        if own is not None:
+            cols, shared = own(batch, out)
+        else:
+            cols = {
+                "input": batch.get(self.method.input_key),
+                "prediction": out.get("prediction"),
+                "reference": batch.get(self.method.target_key),
+                "uncertainty": out.get("uncertainty"),
+            }
         cols = {k: v for k, v in cols.items() if isinstance(v, Tensor) and v.ndim in (4, 5)}
-        save_panel(path, cols, max_rows=self.panel_rows, title=f"{self.method.name} {stage} step {self.global_step}")
+        save_panel(path, cols, max_rows=self.panel_rows, title=f"{self.method.name} {stage} step {self.global_step}",
+                   shared=shared)
         return path
 
     def on_validation_start(self) -> None:

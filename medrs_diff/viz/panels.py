@@ -8,7 +8,7 @@ middle slice along the first spatial axis; 3-channel images show as RGB, others 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +38,14 @@ def to_display(x: Tensor, lo: float | None = None, hi: float | None = None) -> n
 
 
 def save_panel(
-    path: str | os.PathLike, columns: Mapping[str, Tensor | None], max_rows: int = 4, title: str = ""
+    path: str | os.PathLike, columns: Mapping[str, Tensor | None], max_rows: int = 4, title: str = "",
+    shared: Sequence[str] = ("prediction", "reference"),
 ) -> Path:
     """Write a panel PNG with one column per non-None entry of ``columns`` (each a (B, C, ...) batch).
 
-    ``prediction`` and ``reference`` of a row share one intensity range (so an offset shows);
-    ``uncertainty`` runs from 0 to the column's maximum; other columns use their own range.
+    The ``shared`` columns of a row (default ``prediction`` and ``reference``; label maps of several
+    sources, e.g. per-branch masks) share one intensity range (so an offset shows); ``uncertainty`` runs
+    from 0 to the column's maximum; other columns use their own range.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -55,7 +57,7 @@ def save_panel(
     fig = Figure(figsize=(2.4 * len(cols), 2.4 * rows + (0.4 if title else 0.0)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, len(cols), squeeze=False)
-    paired = [k for k in ("prediction", "reference") if k in cols]
+    paired = [k for k in shared if k in cols]
     u_max = max((float(_plane(cols["uncertainty"][i]).max()) for i in range(rows)), default=0.0) \
         if "uncertainty" in cols else 0.0
     for i in range(rows):

@@ -184,6 +184,25 @@ def test_bad_arguments_and_labels():
 
 
 
+
+def test_panel_shows_each_modality_each_branch_the_fused_mask_and_the_uncertainty(tmp_path):
+    from PIL import Image
+
+    from medrs_diff.viz.panels import save_panel
+
+    m = _tiny(8, in_channels=4, num_classes=4).eval()
+    batch = {"image": torch.randn(2, 4, 16, 16), "label": torch.randint(0, 4, (2, 1, 16, 16)).float()}
+    out = m.predict(batch, sampler="ddim", steps=2, n_samples=1, generator=torch.Generator().manual_seed(0))
+    cols, shared = m.panel_columns(batch, out)
+    assert list(cols) == [*(f"modality {i}" for i in range(4)), *(f"branch {i}" for i in range(4)), "prediction",
+                          "reference", "uncertainty"]
+    assert torch.equal(cols["modality 2"], batch["image"][:, 2:3]) and cols["branch 3"] is out["branch_prediction_3"]
+    assert set(shared) == {"prediction", "reference", *(f"branch {i}" for i in range(4))}
+    path = save_panel(tmp_path / "p.png", cols, max_rows=2, shared=shared)
+    w, h = Image.open(path).size
+    assert w / h == pytest.approx(11 / 2, rel=0.05)  # 11 columns, 2 rows of 2.4-inch cells
+
+
 # -- infer on a BraTS case ----------------------------------------------------------------------------
 SHAPE = (16, 16, 5)
 AFFINE = np.array([[-1.0, 0, 0, 20.0], [0, -1.0, 0, 15.0], [0, 0, 2.0, -6.0], [0, 0, 0, 1]])
