@@ -6,7 +6,9 @@ nor the FF-Parser; this follows the paper instead (nets and every ≈ choice:
 K >= 3 classes: K one-hot channels in [-1, 1]). A separately supervised **condition model** (a
 BasicUNet over the image) gives segmentation logits, its last decoded feature (the **anchor**,
 smoothed by uncertain spatial attention with a learnable-variance Gaussian and injected into the
-diffusion UNet's first full-resolution feature, see ``anchor_at``) and its deepest embedding (the
+diffusion UNet's first full-resolution feature, see ``anchor_at``; ``usa_gate="auto"``: one spatial
+attention map for a binary task, the paper's, and one map per feature channel for K >= 3 classes, since
+one map orders the classes on a line, see :mod:`medrs_diff.nets.medsegdiff_v2`) and its deepest embedding (the
 **semantic** condition, fused with the diffusion bottleneck by the SS-Former in the Fourier domain
 with the neural band-pass filter).
 
@@ -39,7 +41,7 @@ from monai.losses import DiceCELoss
 from torch import Tensor
 
 from ..errors import ArgumentError, DataError
-from ..nets.medsegdiff_v2 import CONDITION_POOLINGS, ConditionUNet, MedSegDiffV2Net
+from ..nets.medsegdiff_v2 import CONDITION_POOLINGS, USA_GATES, ConditionUNet, MedSegDiffV2Net
 from ._sampling import repeat_batch, sample_n
 from ._segmenter import DiffusionSegmenter
 
@@ -73,6 +75,7 @@ class MedSegDiffV2(DiffusionSegmenter):
         ssformer_heads: int = 4,
         nbp_bands: int = 4,
         anchor_at: str = "first_block",
+        usa_gate: str = "auto",
         timesteps: int = 1000,
         schedule: str = "linear",
         n_samples: int = 5,
@@ -95,7 +98,7 @@ class MedSegDiffV2(DiffusionSegmenter):
             spatial_dims, self.out_channels, self.out_channels, self.condition.anchor_channels,
             self.condition.embed_channels, channels, attention_levels, num_res_blocks, num_head_channels,
             norm_num_groups, usa_kernel_size, usa_sigma, ssformer_depth, ssformer_heads, nbp_bands,
-            anchor_at=anchor_at,
+            anchor_at=anchor_at, usa_gate=self.resolve_usa_gate(usa_gate),
         )
         self.anchor_weight = _check_weight("anchor_weight", anchor_weight)
         ce = _check_weight("anchor_ce_weight", anchor_ce_weight)
@@ -103,6 +106,15 @@ class MedSegDiffV2(DiffusionSegmenter):
         self.anchor_loss = DiceCELoss(sigmoid=binary, softmax=not binary, to_onehot_y=not binary, batch=True,
                                       lambda_ce=ce)
         self.anchor_every = anchor_every
+
+    def resolve_usa_gate(self, usa_gate: str) -> str:
+        """``auto``: one spatial map for a binary task, one map per feature channel for K >= 3 classes."""
+        if usa_gate == "auto":
+            return "spatial" if self.out_channels == 1 else "channel"
+        if usa_gate not in USA_GATES:
+            raise ArgumentError("usa_gate", f"unknown U-SA gate {usa_gate!r}",
+                                f"choose auto or one of {', '.join(USA_GATES)}")
+        return usa_gate
 
     @property
     def denoiser(self) -> MedSegDiffV2Net:

@@ -18,7 +18,11 @@ embedding) receives both:
 
   ``G_sigma`` is a normalised Gaussian kernel (``kernel_size`` taps per axis, depth-wise) whose standard
   deviation sigma is **learned** (stored as log sigma); ``k_{C x 1 x 1}`` a 1x1 convolution from the
-  anchor's C channels to one spatial attention map, broadcast over the channels of ``f_d^0``. ≈ which
+  anchor's C channels to one spatial attention map, broadcast over the channels of ``f_d^0``
+  (``usa_gate="spatial"``). ≈ ``usa_gate="channel"``: one map per channel of ``f_d^0`` (the 1x1
+  convolution then has that many outputs). One map orders the K classes of a K-class task on a line and
+  the class in the middle is hard to read back: on the 3-class phantom (300 steps, one seed) the
+  spatial gate gave mean foreground Dice 0.30, the channel gate 0.88. ≈ which
   feature is ``f_d^0``: by default (``anchor_at="first_block"``) the output of the first residual block
   of the first level (it carries the time embedding); ``anchor_at="conv_in"`` takes the first
   convolution's output instead. The default learned faster on the phantom task (one seed, EMA Dice after
@@ -135,13 +139,15 @@ class UncertainSpatialAttention(nn.Module):
     """U-SA: ``sigmoid(k_1x1 * max(G_sigma * anchor, anchor)) . feature + feature`` (see the module doc).
 
     ``forward(feature, anchor)``: feature (B, C_d, *S), anchor (B, ``anchor_channels``, *S) -> (B, C_d, *S).
+    ``maps``: 1 (one spatial map over every channel, the paper) or C_d (one map per feature channel).
     """
 
-    def __init__(self, spatial_dims: int, anchor_channels: int, kernel_size: int = 5, sigma: float = 1.0) -> None:
+    def __init__(self, spatial_dims: int, anchor_channels: int, kernel_size: int = 5, sigma: float = 1.0,
+                 maps: int = 1) -> None:
         super().__init__()
         self.smooth = LearnableGaussian(spatial_dims, kernel_size, sigma)
-        self.proj = conv(spatial_dims, anchor_channels, 1, kernel=1)
-        self.anchor_channels = anchor_channels
+        self.proj = conv(spatial_dims, anchor_channels, maps, kernel=1)
+        self.anchor_channels, self.maps = anchor_channels, maps
 
     def relaxed_anchor(self, anchor: Tensor) -> Tensor:
         """f_anc = max(G_sigma * anchor, anchor): the anchor widened where it is uncertain, never weakened."""
@@ -152,6 +158,9 @@ class UncertainSpatialAttention(nn.Module):
             raise DataError("anchor condition", f"anchor feature {tuple(anchor.shape)} does not fit the diffusion "
                             f"feature {tuple(feature.shape)} ({self.anchor_channels} channels on its grid expected)",
                             "pass the condition model's last decoded feature for the same image size")
+        if self.maps not in (1, feature.shape[1]):
+            raise DataError("anchor condition", f"{self.maps} attention maps for a feature of {feature.shape[1]} "
+                            "channels", "build U-SA with maps=1 or maps equal to the feature's channels")
         attention = torch.sigmoid(self.proj(self.relaxed_anchor(anchor)))
         return attention * feature + feature
 
@@ -349,6 +358,8 @@ class SSFormer(nn.Module):
 #: where the anchor condition enters the diffusion encoder (both at full resolution): after the first
 #: residual block of the first level (the default) or right after the first conv
 ANCHOR_POINTS = ("first_block", "conv_in")
+#: U-SA attention maps: one spatial map over every channel (the paper) or one per feature channel
+USA_GATES = ("spatial", "channel")
 #: normalisations of the condition BasicUNet
 CONDITION_NORMS = ("instance", "group", "batch")
 
@@ -459,12 +470,15 @@ class MedSegDiffV2Net(nn.Module):
         nbp_bands: int = 4,
         literal_fourier: bool = False,
         anchor_at: str = "first_block",
+        usa_gate: str = "spatial",
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
         if anchor_at not in ANCHOR_POINTS:
             raise ArgumentError("anchor_at", f"unknown injection point {anchor_at!r}",
                                 f"choose one of {', '.join(ANCHOR_POINTS)}")
+        if usa_gate not in USA_GATES:
+            raise ArgumentError("usa_gate", f"unknown U-SA gate {usa_gate!r}", f"choose one of {', '.join(USA_GATES)}")
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
             attention_levels=tuple(attention_levels), num_res_blocks=num_res_blocks,
@@ -472,7 +486,8 @@ class MedSegDiffV2Net(nn.Module):
         )
         time_dim = int(self.unet.time_embed[-1].out_features)
         self._state = _Condition()
-        usa = UncertainSpatialAttention(spatial_dims, anchor_channels, usa_kernel_size, usa_sigma)
+        usa = UncertainSpatialAttention(spatial_dims, anchor_channels, usa_kernel_size, usa_sigma,
+                                        maps=1 if usa_gate == "spatial" else int(channels[0]))
         ssformer = SSFormer(spatial_dims, channels[-1], semantic_channels, ssformer_depth, ssformer_heads,
                             time_dim, nbp_bands, literal_fourier)
         if anchor_at == "conv_in":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _learning import fit_and_score
+from _phantoms import make_three_class_phantoms
 from torch import nn
 
 from medrs_diff.datamodules import NiftiSegmentationDataModule
@@ -278,3 +279,17 @@ def test_medsegdiff_v1_learns_blobs_to_dice_085(tmp_path):
     method = MedSegDiffV1(in_channels=1, n_samples=3, **LEARN)
     score, _ = fit_and_score(method, dm, steps=200, lr=2e-3, name="MedSegDiff V1 binary")
     assert score >= 0.85
+
+
+@pytest.mark.slow
+def test_medsegdiff_v1_learns_three_classes_to_mean_dice_075(tmp_path):
+    """3-class ellipse phantoms (K one-hot channels diffused, x0 estimates on the simplex), EMA weights, a
+    20-step DPM-Solver++ ensemble of 3 fused by the mean. About 25 s on a 2-core CPU (1 thread); mean
+    foreground Dice 0.89 / 0.82 / 0.90 with phantom and init seeds 0 / 1 / 2 after 220 steps (0.75 at
+    seed 0 with the per-channel box clip on x0 instead of the simplex)."""
+    torch.manual_seed(0)
+    make_three_class_phantoms(tmp_path, n=20, size=32, seed=0)
+    dm = NiftiSegmentationDataModule(str(tmp_path), num_classes=3, batch_size=8)
+    method = MedSegDiffV1(in_channels=1, num_classes=3, n_samples=3, fusion="mean", **LEARN)
+    score, per_class = fit_and_score(method, dm, steps=220, lr=5e-3, num_classes=3, name="MedSegDiff V1 3-class")
+    assert score >= 0.75 and min(per_class) >= 0.65
