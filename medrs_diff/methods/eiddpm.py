@@ -20,10 +20,14 @@ No public code exists; every choice the paper leaves open is marked ≈ here and
   single-step x0 estimate at a small t carries the true mask through x_t, even for a modality that holds
   no information, and would teach every branch to be trusted. Per branch: the Dirichlet-expected
   cross-entropy with the KL penalty on wrong-class evidence (Sensoy et al. 2018), annealed by
-  min(1, step / ``kl_anneal_steps``) (≈ step-based). After ``reliability_warmup`` steps (≈, so the
-  reliabilities do not absorb the EILs' early miscalibration): soft Dice of the foreground classes of the
-  fused pignistic probabilities (≈ the paper's Dice; a cross-entropy here, dominated by background voxels,
-  taught every modality the class prior instead of its reliability), on detached opinions (it trains the CDO only, ≈).
+  min(1, step / ``kl_anneal_steps``) (≈ step-based), plus the foreground soft Dice of the expected
+  probabilities alpha / S (≈, as TBraTS; the cross-entropy alone, dominated by background voxels, leaves
+  weak tumour evidence and a fused argmax that misses tumour). After ``reliability_warmup`` steps (≈, so the
+  reliabilities do not absorb the EILs' early miscalibration): a class-balanced cross-entropy plus the
+  soft Dice of the foreground classes of the fused pignistic probabilities (≈; a plain cross-entropy,
+  dominated by background voxels, taught every modality the class prior instead of its reliability, and
+  kept an uninformative modality's constant background claims as a useful prior), on detached opinions
+  (it trains the CDO only, ≈).
 - **Sampling**: each branch draws ``n_samples`` masks with the engine's sampler (default: the DDPM chain;
   x0 clipped); a branch's evidence is the mean of its EIL over its samples. Cost: M times one model.
 
@@ -76,6 +80,15 @@ def dirichlet_kl(alpha: Tensor, onehot: Tensor) -> Tensor:
     s = a.sum(1, keepdim=True)
     return (torch.lgamma(s[:, 0]) - torch.lgamma(torch.tensor(float(k), device=a.device))
             - torch.lgamma(a).sum(1) + ((a - 1) * (torch.digamma(a) - torch.digamma(s))).sum(1))
+
+
+def _balanced_ce(p: Tensor, onehot: Tensor) -> Tensor:
+    """Class-balanced cross-entropy of probabilities (B, K, *spatial), per case (B,): each class present in the
+    case weighs the same, whatever its voxel count."""
+    counts = onehot.flatten(2).sum(2)  # (B, K)
+    nll = -(onehot * p.clamp_min(1e-6).log()).flatten(2).sum(2)  # (B, K)
+    present = counts > 0
+    return (nll / counts.clamp_min(1)).sum(1) / present.sum(1).clamp_min(1)
 
 
 def _soft_dice(p: Tensor, onehot: Tensor, eps: float = 1e-5) -> Tensor:
@@ -256,20 +269,25 @@ class EIDDPM(DiffusionSegmenter):
 
     def evidential_loss(self, masks: Tensor, label: Tensor) -> Tensor:
         """The evidential part of the loss for sampled branch masks (B, M, C, *spatial) (no gradient reaches
-        the branches through them): per branch the Dirichlet-expected CE with the annealed KL penalty (trains
-        the EILs); after ``reliability_warmup`` steps, the foreground soft Dice of the fused pignistic
-        probabilities, on detached opinions (trains the CDO)."""
+        the branches through them). Per branch (trains the EILs): the Dirichlet-expected CE with the annealed
+        KL penalty, plus the foreground soft Dice of the expected probabilities alpha / S (≈ TBraTS-style:
+        without it the CE, dominated by background voxels, leaves weak tumour evidence). After
+        ``reliability_warmup`` steps (trains the CDO): a class-balanced CE plus the foreground soft Dice of the
+        fused pignistic probabilities, on detached opinions."""
         k = self.num_classes
         onehot = nn.functional.one_hot(label[:, 0].long(), k).movedim(-1, 1).to(masks.dtype)
         alpha, masses = self.branch_masses(masks)
         anneal = min(1.0, float(self.steps_seen) / self.kl_anneal_steps)
-        per_branch = [evidential_ce(alpha[:, m], onehot) + anneal * dirichlet_kl(alpha[:, m], onehot)
-                      for m in range(alpha.shape[1])]
-        loss = torch.stack(per_branch, 1).flatten(2).mean(2).sum(1).mean()
+        per_branch = []
+        for m in range(alpha.shape[1]):
+            a = alpha[:, m]
+            voxel = evidential_ce(a, onehot) + anneal * dirichlet_kl(a, onehot)
+            per_branch.append(voxel.flatten(1).mean(1) + _soft_dice(a / a.sum(1, keepdim=True), onehot))
+        loss = torch.stack(per_branch, 1).sum(1).mean()
         if int(self.steps_seen) < self.reliability_warmup:
             return loss
         p = pignistic(self.fuse(masses.detach())[0])
-        return loss + _soft_dice(p, onehot).mean()
+        return loss + (_balanced_ce(p, onehot) + _soft_dice(p, onehot)).mean()
 
     # -- inference ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -18,7 +18,7 @@ from medrs_diff.errors import ArgumentError, CheckpointError, DataError
 from medrs_diff.inference import Predictor
 from medrs_diff.methods import EIDDPM, METHODS
 from medrs_diff.methods.eiddpm import dirichlet_kl, evidential_ce
-from medrs_diff.metrics import dice
+from medrs_diff.metrics import dice, expected_calibration_error
 from medrs_diff.nets.evidential import dirichlet_opinion
 from medrs_diff.train.checkpoint import build_method, method_config
 
@@ -360,7 +360,9 @@ def test_reliability_is_learned_and_fusion_beats_the_noise_branch():
     print("modality        reliability bg  reliability tumour  branch Dice")
     for i, name in enumerate(("0 (noise 0.3)", "1 (noise 0.5)", "2 (pure noise)")):
         print(f"{name:15s} {float(beta[i, 0]):14.3f}  {float(beta[i, 1]):18.3f}  {branch[i]:11.3f}")
-    print(f"fused Dice {fused:.3f}; uncertainty where branches disagree {float(u[disagree].mean()):.3f}, "
+    ece = float(expected_calibration_error(out["probability"][:, 0], yv[:, 0]).mean())
+    print(f"fused Dice {fused:.3f}, ECE of the fused probabilities {ece:.3f} (20 bins, mean over images); "
+          f"uncertainty where branches disagree {float(u[disagree].mean()):.3f}, "
           f"agree {float(u[~disagree].mean()):.3f} ({float(disagree.float().mean()):.0%} of pixels disagree)")
     assert float(beta[2, 1]) < float(beta[:2, 1].min()) - 0.1  # the noise modality: lowest for the tumour
     assert fused > branch[2] + 0.3  # fusion beats the noise branch alone
