@@ -190,7 +190,9 @@ class DiffusionTask(L.LightningModule):
         if fast_path is not None:
             # channels_last / activation checkpointing / torch.compile on the denoiser; bf16 is the
             # trainer's `precision: bf16-mixed`. State-dict keys are unchanged either way.
-            apply_fast_path(method.fast_path_target(), fast_path)
+            target = method.fast_path_target()  # a ModuleList (EI-DDPM's branches): each member, as each is called
+            for module in target if isinstance(target, nn.ModuleList) else [target]:
+                apply_fast_path(module, fast_path)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_steps_for_schedule, self.min_lr_ratio = max_steps_for_schedule, min_lr_ratio
         self.val_sampler, self.val_steps, self.val_samples = val_sampler, val_steps, val_samples

@@ -368,3 +368,18 @@ def test_reliability_is_learned_and_fusion_beats_the_noise_branch():
     assert fused > branch[2] + 0.3  # fusion beats the noise branch alone
     assert fused >= max(branch[:2]) - 0.02  # and is no worse than the best branch by more than 2 points
     assert float(u[disagree].mean()) > float(u[~disagree].mean()) + 0.02
+
+
+def test_the_fast_path_applies_to_each_branch():
+    from medrs_diff.nets.fastpath import FastPath
+    from medrs_diff.train import DiffusionTask
+
+    m = EIDDPM(in_channels=2, num_classes=2, **TINY)
+    DiffusionTask(m, fast_path=FastPath(channels_last=True, checkpointing=True))
+    for branch in m.branches:  # each branch is called on its own: each gets the options (and its input hook)
+        assert branch._fast_path.channels_last and branch._forward_pre_hooks
+        conv = branch.unet.conv_in.inner.conv.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+    batch = {"image": torch.randn(2, 2, 16, 16), "label": torch.randint(0, 2, (2, 1, 16, 16)).float()}
+    loss, _ = m.loss(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
