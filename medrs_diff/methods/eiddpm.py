@@ -29,7 +29,8 @@ No public code exists; every choice the paper leaves open is marked ≈ here and
   kept an uninformative modality's constant background claims as a useful prior), on detached opinions
   (it trains the CDO only, ≈).
 - **Sampling**: each branch draws ``n_samples`` masks with the engine's sampler (default: the DDPM chain;
-  x0 clipped); a branch's evidence is the mean of its EIL over its samples. Cost: M times one model.
+  x0 clipped, or projected onto the one-hot simplex for K >= 3 classes as in the other segmenters); a
+  branch's evidence is the mean of its EIL over its samples. Cost: M times one model.
 
 ``predict`` returns ``prediction`` (fused label), ``probability`` (fused pignistic: the foreground for binary
 tasks, K classes otherwise), ``uncertainty`` (fused mass on the whole frame: ignorance), ``conflict``
@@ -264,7 +265,7 @@ class EIDDPM(DiffusionSegmenter):
         for m, branch in enumerate(self.branches):
             cond = repeat_batch(image[:, m:m + 1], n)
             out.append(sample_n(lambda x, t, b=branch, c=cond: b(x, t, cond=c), shape, self.schedule, n_samples=n,
-                                device=image.device, clip=True, **sampling))
+                                device=image.device, clip=True, simplex=self.simplex, **sampling))
         return torch.stack(out, 2)
 
     def evidential_loss(self, masks: Tensor, label: Tensor) -> Tensor:

@@ -131,6 +131,7 @@ V1_TINY = dict(channels=(16, 32), attention_levels=(False, False), num_res_block
                norm_num_groups=8, ff_base_size=16)
 V2_TINY = dict(V1_TINY, cond_features=(8, 8, 16, 16, 32, 8), ssformer_heads=2)
 V2_TINY.pop("ff_base_size")
+V1_TINY_NO_FF = {k: v for k, v in V1_TINY.items() if k != "ff_base_size"}
 
 
 @pytest.mark.parametrize("cls, kwargs", [(MedSegDiffV1, V1_TINY), (MedSegDiffV2, V2_TINY), (SegDiff, TINY)])
@@ -148,3 +149,21 @@ def test_segmenters_sample_k_class_masks_on_the_simplex(cls, kwargs, num_classes
     out = m.predict({"image": torch.randn(2, 1, 32, 32)}, sampler="ddim", steps=5, n_samples=3,
                     generator=torch.Generator().manual_seed(0))
     assert torch.equal(out["prediction"], label)
+
+
+def test_eiddpm_branches_sample_k_class_masks_on_the_simplex():
+    """EI-DDPM's branches sample K-class masks through the simplex like the other segmenters: a class-free x0
+    error in every branch still gives each branch the right labels."""
+    from medrs_diff.methods import EIDDPM
+
+    torch.manual_seed(0)
+    m = EIDDPM(in_channels=2, num_classes=3, timesteps=50, **V1_TINY_NO_FF).eval()
+    assert m.simplex
+    label = torch.randint(0, 3, (2, 1, 32, 32), generator=torch.Generator().manual_seed(0)).float()
+    x0 = encode_mask(label, 3)
+    for branch in m.branches:
+        branch.forward = _offset_denoiser(x0.repeat(3, 1, 1, 1), m.schedule.table("alphas_cumprod"), 3.0)
+    samples = m.sample_branches(torch.randn(2, 2, 32, 32), 3, {"sampler": "ddim", "steps": 5, "progress": False,
+                                                               "generator": torch.Generator().manual_seed(0)})
+    for b in range(2):
+        assert torch.equal(decode_samples(samples[:, :, b].transpose(0, 1), 3)["prediction"], label)
