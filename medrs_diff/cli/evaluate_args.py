@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--brats", action="store_true", help="score BraTS regions WT/TC/ET instead of labels")
     g.add_argument("--et-label", type=int, default=_default("seg", "et_label"), choices=(3, 4),
                    help="enhancing-tumour label (BraTS)")
+    g.add_argument("--probability", type=Path, default=None,
+                   help="class-probability file or folder (paired by name; infer's OUT/probability): one channel "
+                        "per class in the order of the label values, background first; adds the ECE of each label "
+                        "(one-vs-rest) or, with --brats, of WT = 1 - p(0), TC = p(1) + p(ET), ET = p(ET)")
     g.add_argument("--threshold", type=float, default=_default("seg", "threshold"),
                    help="threshold for probability maps")
     g.add_argument("--tolerance", type=float, default=_default("seg", "tolerance"),

@@ -3,7 +3,10 @@
 Each foreground label is scored, or the BraTS regions WT / TC / ET with ``brats``. A first pass over
 the references finds their label set, so a label absent from some cases still scores those cases by
 the empty-mask rule. A float map in [0, 1] that is not integral is a probability map for a binary
-task: thresholded at ``threshold`` for the overlap metrics, used as is for AUROC and ECE. Spacing for
+task: thresholded at ``threshold`` for the overlap metrics, used as is for AUROC and ECE. ``probability``
+(``--probability``) names class-probability maps (one channel per class, as infer's ``probability/``), which
+give the ECE of every scored label (one-vs-rest) or BraTS region
+(:mod:`~medrs_diff.evaluation.probability`). Spacing for
 HD95 / ASD comes from the NIfTI header or GeoTIFF transform (``spacing`` overrides; ``.npy`` uses 1).
 The mask is a field-of-view mask for the pixel-wise scores of binary tasks.
 
@@ -20,6 +23,7 @@ What is refused (one line naming the file, never a silent Dice of 0):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +47,7 @@ from .arrays import (
 )
 from .options import CommonOptions, flag, float_tuple, int_tuple, number
 from .pairing import Case
+from .probability import class_probabilities, find_probabilities, group_probabilities
 from .report import TaskResult
 
 __all__ = ["SegOptions", "evaluate_seg", "is_probability", "parse_label_map"]
@@ -99,7 +104,9 @@ class SegOptions(CommonOptions):
     masks are empty (NaN leaves such cases out); ``spacing``: voxel spacing in mm per axis, overriding
     the file header; ``label_map``: prediction label -> reference label, applied to prediction label
     maps before scoring (``{255: 1}``, or ``["255:1"]`` / ``"255:1,128:2"``); ``assume_same_grid``: see
-    :class:`~medrs_diff.evaluation.options.CommonOptions`.
+    :class:`~medrs_diff.evaluation.options.CommonOptions`; ``probability``: a class-probability file
+    (one case) or folder paired by case name, one channel per class in the order of the label values
+    (background first; infer's ``OUT/probability``): the ECE of each label or BraTS region.
     """
 
     labels: Sequence[int] | None = None
@@ -110,6 +117,7 @@ class SegOptions(CommonOptions):
     empty_score: float = 1.0
     spacing: Sequence[float] | None = None
     label_map: LabelMap | None = None
+    probability: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -217,6 +225,9 @@ def evaluate_seg(cases: list[Case], opts: SegOptions) -> TaskResult:
             "asd_mm": "mean of both directed boundary-distance sets in mm",
             "surface_dice": "fraction of boundary points within tolerance_mm",
             "pixel scores": "binary tasks only, inside --mask (FOV) when given; AUROC/ECE need probability maps",
+            "ece": "expected calibration error, 20 equal-width bins [k/20, (k+1)/20) of the group's probability "
+                   "(a label: its channel, one-vs-rest; WT: 1 - p(0), TC: p(1) + p(ET), ET: p(ET)); aggregate "
+                   "pools the bins over all voxels, with the maximum bin gap (mce)",
         },
     })
     ref_labels = _all_reference_labels(cases)
@@ -231,6 +242,13 @@ def evaluate_seg(cases: list[Case], opts: SegOptions) -> TaskResult:
         groups = sorted(ref_labels - {0}) or [1]
         allowed = {0} | set(groups) | ref_labels
     res.settings["labels"] = [str(g) for g in groups]
+    class_values = (0, 1, 2, opts.et_label) if opts.brats else tuple(sorted(allowed))
+    prob_files = None
+    if opts.probability is not None:
+        prob_files = find_probabilities(opts.probability, [c.name for c in cases])
+        res.settings["probability"] = str(opts.probability)
+        res.settings["class_values"] = list(class_values)
+    group_calib = {g: M.CalibrationMetric() for g in groups}
     binary_task = not opts.brats and groups == [1]
     if any(c.mask is not None for c in cases) and not binary_task:
         raise ArgumentError("mask (--mask)", f"is a field-of-view mask for the pixel scores of binary "
@@ -283,6 +301,17 @@ def evaluate_seg(cases: list[Case], opts: SegOptions) -> TaskResult:
                     "hd95_mm": float(sd["hd95"][0]), "asd_mm": float(sd["asd"][0]),
                     "surface_dice": float(sd["surface_dice"][0]),
                 }
+            if prob_files is not None:
+                cp = class_probabilities(prob_files[case.name], lr, tuple(ref.shape), class_values,
+                                         assume_same_grid=opts.assume_same_grid)
+                fov = None if lm is None else mask_on_grid(lm, lr, ref.shape,
+                                                           assume_same_grid=opts.assume_same_grid)[None]
+                for g, pg in group_probabilities(cp, class_values, groups, brats=opts.brats,
+                                                 et_label=opts.et_label).items():
+                    key = g if opts.brats else int(g)
+                    pt = torch.from_numpy(pg)[None]
+                    case_out[g]["ece"] = float(M.expected_calibration_error(pt, rm[key], fov)[0])
+                    group_calib[key].update(pt, rm[key], fov)
             if binary_task:
                 fov = None if lm is None else mask_on_grid(lm, lr, ref.shape,
                                                            assume_same_grid=opts.assume_same_grid)[None]
@@ -291,7 +320,7 @@ def evaluate_seg(cases: list[Case], opts: SegOptions) -> TaskResult:
                 ps = M.pixel_scores(score_map[None], ref_b, fov, opts.threshold)
                 case_out["1"].update({k: float(v[0]) for k, v in ps.items() if prob or k != "auroc"})
                 pixel.update(score_map[None], ref_b, fov)
-                if prob:
+                if prob and prob_files is None:
                     case_out["1"]["ece"] = float(M.expected_calibration_error(score_map[None], ref_b, fov)[0])
                     calib.update(score_map[None], ref_b, fov)
         res.cases[case.name] = case_out
@@ -299,13 +328,15 @@ def evaluate_seg(cases: list[Case], opts: SegOptions) -> TaskResult:
         agg = overlap[g].compute()
         agg.update(hd95_mm_mean=surface[g]["hd95"].mean, asd_mm_mean=surface[g]["asd"].mean,
                    surface_dice_mean=surface[g]["surface_dice"].mean)
+        if prob_files is not None:
+            agg.update(group_calib[g].compute())
         res.aggregate[str(g)] = agg
     if binary_task:
         pix = pixel.compute()
         if not any_prob:
             pix.pop("auroc")
         res.aggregate["1"].update({f"pixel_{k}": v for k, v in pix.items() if k != "n_images"})
-        if any_prob:
+        if any_prob and prob_files is None:
             res.aggregate["1"].update(calib.compute())
     res.settings["spacing_source"] = sorted(spacing_sources)
     return res
