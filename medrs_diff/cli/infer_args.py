@@ -88,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run a 2-D model over every axial slice of a NIfTI volume (after reorienting to RAS) and "
                         "write one volume per output on its grid (default: on when the checkpoint trained on "
                         "slices, `slices: true`)")
+    p.add_argument("--panels", action="store_true",
+                   help="also write one PNG per case, OUT/panels/<case>.png: the method's own columns (EI-DDPM: each "
+                        "modality, each branch's mask, the fused mask, the uncertainty), else input / prediction / "
+                        "uncertainty; a volume shows the axial slice with the most predicted foreground")
     p.add_argument("--raw-weights", action="store_true", help="use the raw training weights, not the EMA ones")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
 
@@ -105,5 +109,5 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
     return predictor.predict_files(
         args.input, args.output, sampler=args.sampler, steps=args.steps, n_samples=args.n_samples, seed=args.seed,
         tile=args.tile, overlap=args.overlap, batch=args.batch, progress=False if args.no_progress else None,
-        on_done=report, nan_policy=args.nan_policy, slice_wise=args.slice_wise,
+        on_done=report, nan_policy=args.nan_policy, slice_wise=args.slice_wise, panels=args.panels,
     )

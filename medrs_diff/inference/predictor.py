@@ -32,6 +32,7 @@ from ..data.scaling import ScalingSpec, resolve
 from ..errors import ArgumentError, CheckpointError, DataError, MedrsError
 from ..methods.base import IOSpec, Method, check_sampler
 from .cases import LAYOUTS, ModalityCase, case_grid, find_cases, stack_case
+from .panels import PANELS_DIR, panel_path, write_case_panel
 from .seeding import window_generators
 from .tiling import (
     MAIN_KEY,
@@ -426,7 +427,8 @@ class Predictor:
                       generator: torch.Generator | None = None, tile: int | Sequence[int] | None = None,
                       overlap: float = 0.25, batch: int = 4, progress: bool | None = None,
                       on_done: Callable[[Source, dict[str, Path]], None] | None = None,
-                      nan_policy: str = "error", slice_wise: bool | None = None) -> list[dict[str, Path]]:
+                      nan_policy: str = "error", slice_wise: bool | None = None,
+                      panels: bool = False) -> list[dict[str, Path]]:
         """Run on files (a file, a folder or a list; any format of :mod:`medrs_diff.io`) and write every
         declared output on the input's grid (``grid_factor`` times finer for super-resolution).
 
@@ -456,6 +458,10 @@ class Predictor:
         NaN in float outputs, 0 in label outputs plus a ``valid`` output, 1 = finite input voxel; GeoTIFF
         outputs get the nodata value in their profile instead). Stale temporary files that a killed run
         left in the output folders are removed first (one log line).
+
+        ``panels``: also write one PNG per case, ``OUT/panels/<case>.png``
+        (:mod:`~medrs_diff.inference.panels`: the method's own columns, or input / prediction / uncertainty;
+        a volume's axial slice with the most predicted foreground), returned under the key ``"panel"``.
         """
         check_nan_policy(nan_policy)
         sw = self._slice_wise(slice_wise)
@@ -466,6 +472,9 @@ class Predictor:
             raise DataError(out, "names a file, but a folder or several inputs need an output folder",
                             "give a folder as the output (OUT/<name>, OUT/<output>/<name>)")
         plans = self.check_files(sources, out, single, tile, nan_policy, slice_wise=sw)  # before any compute
+        output_is_file = single and _is_file_name(out)
+        if panels:
+            io.check_folder_writable((out.parent if output_is_file else out) / PANELS_DIR)
         _clean_stale_temporaries(plans)
         results = []
         for src, paths in zip(sources, plans, strict=True):
@@ -474,6 +483,11 @@ class Predictor:
             name = src.output_name if isinstance(src, ModalityCase) else src.name
             results.append(self._predict_file(window_fn(name), src, paths[main], extra, tile, overlap, batch,
                                               progress, nan_policy, sw))
+            if panels:
+                written = results[-1]
+                key = MAIN_KEY if MAIN_KEY in written else next(iter(written))
+                written["panel"] = write_case_panel(self.method, src, dict(written), key,
+                                                    panel_path(written[key], output_is_file, out))
             if on_done is not None:
                 on_done(src, results[-1])
         return results

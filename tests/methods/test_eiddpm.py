@@ -383,3 +383,34 @@ def test_the_fast_path_applies_to_each_branch():
     batch = {"image": torch.randn(2, 2, 16, 16), "label": torch.randint(0, 2, (2, 1, 16, 16)).float()}
     loss, _ = m.loss(batch, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
+
+
+def test_infer_panels_one_png_per_case_only_when_asked(brats_ckpt, tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "cases"
+    for case in ("c1", "c2"):
+        _case(root, case)
+    rc, err = _infer(capsys, brats_ckpt, root, tmp_path / "plain")
+    assert rc == 0, err
+    assert not (tmp_path / "plain" / "panels").exists() and not list((tmp_path / "plain").rglob("*.png"))
+    rc = main(["infer", "--checkpoint", str(brats_ckpt), "--input", str(root), "--output", str(tmp_path / "out"),
+               *FAST, "--panels"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    panels = sorted((tmp_path / "out" / "panels").iterdir())
+    assert [p.name for p in panels] == ["c1.png", "c2.png"]
+    assert "panels/c1.png" in captured.out  # reported with the case's outputs
+    for p in panels:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            w, h = im.size
+            assert im.format == "PNG"
+            pixels = np.asarray(im.convert("L"), dtype=np.float64)
+        # 4 modalities + 4 branch masks + fused mask + uncertainty = 10 columns of 2.4-inch cells at 80 dpi, 1 row
+        assert w == pytest.approx(10 * 2.4 * 80, rel=0.05) and h == pytest.approx(2.8 * 80, rel=0.1), (w, h)
+        assert pixels.std() > 10  # drawn, not blank
+    # the panels are files of their own: the output folder still pairs one-to-one with references
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["c1.nii.gz", "c2.nii.gz"]
+    assert not list((tmp_path / "out").rglob(".tmp*"))
