@@ -167,3 +167,17 @@ def test_brats_needs_four_channels(tmp_path, rng):
                  probability=tmp_path / "prob.nii.gz", write=False)
     assert "3 channel(s) but the task has 4 classes (label values [0, 1, 2, 3])" in \
         _one_line(err, tmp_path / "prob.nii.gz")
+
+
+def test_binary_foreground_channel_gives_the_same_ece_as_a_probability_prediction(tmp_path, rng):
+    ref = (rng.random((9, 8)) > 0.6).astype(np.uint8)
+    fg = rng.random((9, 8)).astype(np.float32)
+    np.save(tmp_path / "r.npy", ref), np.save(tmp_path / "fg.npy", fg)
+    np.save(tmp_path / "lab.npy", (fg >= 0.5).astype(np.uint8))
+    np.save(tmp_path / "two.npy", np.stack([1 - fg, fg]))
+    same = dict(write=False, assume_same_grid=True)  # random maps: skip the transposed / flipped check
+    direct = evaluate(tmp_path / "fg.npy", tmp_path / "r.npy", "seg", **same)["cases"]["r"]["1"]["ece"]
+    assert direct == pytest.approx(_ece_by_hand(fg, ref), abs=1e-6)
+    for prob in ("fg.npy", "two.npy"):
+        res = evaluate(tmp_path / "lab.npy", tmp_path / "r.npy", "seg", probability=tmp_path / prob, **same)
+        assert res["cases"]["r"]["1"]["ece"] == pytest.approx(direct, abs=1e-6), prob

@@ -414,3 +414,18 @@ def test_infer_panels_one_png_per_case_only_when_asked(brats_ckpt, tmp_path, cap
     # the panels are files of their own: the output folder still pairs one-to-one with references
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["c1.nii.gz", "c2.nii.gz"]
     assert not list((tmp_path / "out").rglob(".tmp*"))
+
+
+def test_infer_outputs_evaluate_with_region_ece(brats_ckpt, tmp_path, capsys):
+    from medrs_diff.evaluation import evaluate
+
+    src = _case(tmp_path / "cases", "c1")
+    rc, err = _infer(capsys, brats_ckpt, src, tmp_path / "out")
+    assert rc == 0, err
+    (tmp_path / "ref").mkdir()
+    (src / "c1-seg.nii.gz").rename(tmp_path / "ref" / "c1.nii.gz")
+    res = evaluate(tmp_path / "out", tmp_path / "ref", "seg", brats=True, et_label=4,
+                   probability=tmp_path / "out" / "probability", write=False)
+    for region in ("WT", "TC", "ET"):
+        assert 0 <= res["cases"]["c1"][region]["ece"] <= 1
+        assert res["aggregate"][region]["n_pixels"] == np.prod(SHAPE)
