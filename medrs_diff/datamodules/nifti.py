@@ -50,7 +50,8 @@ class _SegItems(EpochAware, Dataset):
         for k in self.binarize:
             out[k] = (out[k] > 0).float()
         if self.label_values is not None and K.LABEL in out:
-            out[K.LABEL] = torch.bucketize(out[K.LABEL], self.label_values).float()  # exact values: their index
+            # exact values: their index (contiguous: bucketize warns on, and copies, a strided slice)
+            out[K.LABEL] = torch.bucketize(out[K.LABEL].contiguous(), self.label_values).float()
         out[CASE] = self.cases[i]
         return out
 
