@@ -85,6 +85,8 @@ def write_case_panel(method: Method, src: Path | ModalityCase, outputs: Mapping[
         title += f", axial slice {z} of {depth} ({int(fg[z])} foreground voxels)"
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in arrays.items()}
     batch: dict[str, Any] = {spec.input_key: tensors.pop("_input")}
+    if isinstance(src, ModalityCase):  # column titles name the modalities
+        batch["modalities"] = list(src.modalities)
     own = getattr(method, "panel_columns", None)
     shared: tuple[str, ...] = ("prediction", "reference")
     if own is not None:

@@ -229,8 +229,11 @@ class EIDDPM(DiffusionSegmenter):
         """Panel columns (:func:`~medrs_diff.viz.panels.save_panel`): each modality, each branch's mask, the
         fused mask, the reference and the fused uncertainty; the masks share one range (the second item)."""
         image = batch[self.input_key]
-        cols: dict[str, Tensor] = {f"modality {m}": image[:, m:m + 1] for m in range(image.shape[1])}
-        branches = {f"branch {m}": out.get(f"branch_prediction_{m}") for m in range(image.shape[1])}
+        names = batch.get("modalities")  # the modality names where the caller knows them (infer on case files)
+        m_all = range(image.shape[1])
+        named = isinstance(names, list | tuple) and len(names) == image.shape[1]
+        cols: dict[str, Tensor] = {(str(names[m]) if named else f"modality {m}"): image[:, m:m + 1] for m in m_all}
+        branches = {f"branch {names[m] if named else m}": out.get(f"branch_prediction_{m}") for m in m_all}
         cols.update({**branches, "prediction": out.get("prediction"), "reference": batch.get(self.target_key),
                      "uncertainty": out.get("uncertainty")})
         return {k: v for k, v in cols.items() if v is not None}, ("prediction", "reference", *branches)

@@ -198,6 +198,9 @@ def test_panel_shows_each_modality_each_branch_the_fused_mask_and_the_uncertaint
                           "reference", "uncertainty"]
     assert torch.equal(cols["modality 2"], batch["image"][:, 2:3]) and cols["branch 3"] is out["branch_prediction_3"]
     assert set(shared) == {"prediction", "reference", *(f"branch {i}" for i in range(4))}
+    named, _ = m.panel_columns({**batch, "modalities": MODS}, out)  # infer passes the case's modality names
+    assert list(named)[:8] == [*MODS, *(f"branch {n}" for n in MODS)]
+    assert named["branch t2w"] is out["branch_prediction_2"]
     path = save_panel(tmp_path / "p.png", cols, max_rows=2, shared=shared)
     w, h = Image.open(path).size
     assert w / h == pytest.approx(11 / 2, rel=0.05)  # 11 columns, 2 rows of 2.4-inch cells
