@@ -35,14 +35,6 @@ def listing():
     return _listing
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread for the module (CI shares two cores between workers); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="session")
 def tiny_segdiff() -> Callable[..., Any]:

@@ -17,21 +17,13 @@ from medrs_diff.inference import Predictor, infer_volume
 from medrs_diff.inference.seeding import window_generators, window_seed
 from medrs_diff.methods import SegDiff
 
-pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
+# tiny nets: one intra-op thread is fastest
+pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
 TINY = dict(channels=[8, 8], attention_levels=[False, False], num_res_blocks=1, num_head_channels=8,
             norm_num_groups=8, rrdb_blocks=1, rrdb_features=8, rrdb_growth=4, timesteps=10)
 RUN = dict(steps=2, n_samples=2)
 CASE = "b"  # the case sits between two others in its folder: a shared stream would see a's draws first
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets: one intra-op thread is fastest (and far faster on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ TINY = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1
 MODS = ["t1n", "t1c", "t2w", "t2f"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(seed: int = 0, **kw) -> EIDDPM:
