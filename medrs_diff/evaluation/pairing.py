@@ -93,14 +93,21 @@ def find_masks(mask: PathLike | None, cases: list[str]) -> dict[str, Path | None
     if mask.is_file():
         io.format_for(mask)
         return dict.fromkeys(cases, mask)
-    files = _list_folder(mask, "mask")
-    found = {c: files.get(c) or files.get(f"{c}_mask") for c in cases}
+    return pair_folder(mask, cases, "mask", ("", "_mask"))
+
+
+def pair_folder(folder: Path, cases: list[str], what: str, suffixes: tuple[str, ...] = ("",)) -> dict[str, Path]:
+    """The file of ``folder`` named ``<case><suffix>`` (without its extension; the first suffix that exists) for
+    every case; one error listing the cases without one."""
+    files = _list_folder(folder, what)
+    found = {c: next((files[c + s] for s in suffixes if c + s in files), None) for c in cases}
     missing = [c for c, f in found.items() if f is None]
     if missing:
-        raise MissingFileError(mask, f"no mask for case(s) {_list(missing)}",
-                               "masks are paired with references by name without extension (<case> or "
-                               "<case>_mask): add them")
-    return found
+        names = " or ".join(f"<case>{s}" for s in suffixes)
+        raise MissingFileError(folder, f"no {what} file for case(s) {_list(missing)}",
+                               f"{what} files are paired with the cases by name without extension ({names}): "
+                               "add them")
+    return found  # type: ignore[return-value]
 
 
 def find_cases(pred: PathLike, ref: PathLike, mask: PathLike | None = None) -> list[Case]:

@@ -24,7 +24,7 @@ from .. import io
 from ..errors import DataError
 from ..io.geometry import compare_grids
 from .arrays import AFFINE_TOL, _mismatch, band_first, check_geometry_kinds, load, require_finite
-from .pairing import MissingFileError, _list_folder
+from .pairing import MissingFileError, pair_folder
 
 __all__ = ["SUM_TOL", "class_probabilities", "find_probabilities", "group_probabilities"]
 
@@ -44,13 +44,7 @@ def find_probabilities(path: str | os.PathLike, cases: Sequence[str]) -> dict[st
             raise DataError(path, f"is one probability file for {len(cases)} cases",
                             "give a folder with one probability file per case, paired by name")
         return {cases[0]: path}
-    files = _list_folder(path, "probability")
-    missing = [c for c in cases if c not in files]
-    if missing:
-        raise MissingFileError(path, f"no probability file for case(s) {', '.join(missing[:5])}"
-                               + (" ..." if len(missing) > 5 else ""),
-                               "probability files are paired with the cases by name without extension: add them")
-    return {c: files[c] for c in cases}
+    return pair_folder(path, list(cases), "probability")
 
 
 def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
