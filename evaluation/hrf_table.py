@@ -15,6 +15,7 @@ MedSegDiff V1 is pure diffusion: calibration off), and scored at the resized res
     python evaluation/hrf_table.py                       # the note's table (--steps 600)
     python evaluation/hrf_table.py --smoke               # tiny, for a quick check (no files written)
     python evaluation/hrf_table.py --models segdiff smp_unet --steps 200 --out-dir /tmp/hrf
+    python evaluation/hrf_table.py --models medsegdiff_v2 --steps 200 --resize 144 216 --json scores.json
 
 The green baseline's one parameter (the median-filter width) is chosen on the 9 training cases (best mean
 FOV Dice), never on the test cases. Writes ``<out-dir>/hrf_table.md`` and ``<out-dir>/hrf_panel.png``.
@@ -23,6 +24,7 @@ FOV Dice), never on the test cases. Writes ``<out-dir>/hrf_table.md`` and ``<out
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import tempfile
@@ -162,6 +164,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="10 steps, 2 models, nothing written")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write every row's mean FOV scores here as JSON ({row name: {score: value}})")
     args = p.parse_args()
     if args.steps < 1:
         raise SystemExit(f"hrf_table.py: --steps must be >= 1, got {args.steps}")
@@ -208,6 +212,8 @@ def main() -> None:
               for name, s, tr, inf, used in rows]
     table = "\n".join(lines)
     print(table)
+    if args.json is not None:
+        args.json.write_text(json.dumps({name: s for name, s, *_ in rows}, indent=1))
     if not args.smoke:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         (args.out_dir / "hrf_table.md").write_text(table + "\n")
