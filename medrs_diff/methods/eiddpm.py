@@ -139,6 +139,14 @@ class EIDDPM(DiffusionSegmenter):
         if isinstance(kl_anneal_steps, bool) or not isinstance(kl_anneal_steps, int) or kl_anneal_steps < 1:
             raise ArgumentError("kl_anneal_steps", f"must be an integer >= 1, got {kl_anneal_steps!r}",
                                 "use e.g. 1000 (the KL penalty reaches its full weight after that many steps)")
+        if isinstance(reliability_warmup, bool) or not isinstance(reliability_warmup, int) or reliability_warmup < 0:
+            raise ArgumentError("reliability_warmup", f"must be an integer >= 0, got {reliability_warmup!r}",
+                                "use e.g. 500 (training steps before the reliabilities start to learn)")
+        if isinstance(evidence_steps, bool) or not isinstance(evidence_steps, int) or evidence_steps < 1:
+            raise ArgumentError("evidence_steps", f"must be an integer >= 1, got {evidence_steps!r}",
+                                "use e.g. 5 (DDIM steps of the masks the EIL and CDO train on)")
+        if isinstance(evidence_init, bool) or not isinstance(evidence_init, int | float) or not evidence_init >= 0:
+            raise ArgumentError("evidence_init", f"must be a number >= 0, got {evidence_init!r}", "use e.g. 3.0")
         self.branches = nn.ModuleList(
             ConditionedUNet(spatial_dims, self.out_channels, self.out_channels, channels, attention_levels,
                             num_res_blocks, num_head_channels, norm_num_groups, cond_channels=1)
@@ -148,12 +156,6 @@ class EIDDPM(DiffusionSegmenter):
             EvidenceLayer(spatial_dims, self.out_channels, num_classes, evidence_activation)
             for _ in range(in_channels)
         )
-        if isinstance(reliability_warmup, bool) or not isinstance(reliability_warmup, int) or reliability_warmup < 0:
-            raise ArgumentError("reliability_warmup", f"must be an integer >= 0, got {reliability_warmup!r}",
-                                "use e.g. 500 (training steps before the reliabilities start to learn)")
-        if isinstance(evidence_steps, bool) or not isinstance(evidence_steps, int) or evidence_steps < 1:
-            raise ArgumentError("evidence_steps", f"must be an integer >= 1, got {evidence_steps!r}",
-                                "use e.g. 5 (DDIM steps of the masks the EIL and CDO train on)")
         self.reliability_warmup, self.evidence_steps = reliability_warmup, evidence_steps
         for eil in self.evidence:
             self._init_evidence(eil.proj, evidence_init)
@@ -165,8 +167,6 @@ class EIDDPM(DiffusionSegmenter):
     def _init_evidence(self, proj: nn.Module, gain: float) -> None:
         """Start each EIL as a reading of its branch's mask: class k's logit is ``gain`` times its mask channel
         (binary: -gain x for the background, +gain x for the foreground), no bias (≈)."""
-        if isinstance(gain, bool) or not isinstance(gain, int | float) or gain < 0:
-            raise ArgumentError("evidence_init", f"must be a number >= 0, got {gain!r}", "use e.g. 3.0")
         k = self.num_classes
         w = torch.zeros_like(proj.weight).flatten(2)  # (K, C, 1)
         if k == 2:

@@ -162,6 +162,8 @@ def test_bad_arguments_and_labels():
         (dict(evidential_weight=-1.0), "evidential_weight: must be a number >= 0"),
         (dict(kl_anneal_steps=0), "kl_anneal_steps: must be an integer >= 1"),
         (dict(reliability_warmup=-1), "reliability_warmup: must be an integer >= 0"),
+        (dict(evidence_init=float("nan")), "evidence_init: must be a number >= 0"),
+        (dict(evidence_steps=0), "evidence_steps: must be an integer >= 1"),
         (dict(reliability_gain=0.0), "gain: must be a number > 0"),
         (dict(reliability_init=1.5), "init: initial reliability must lie in"),
         (dict(evidence_activation="tanh"), "activation: unknown evidence activation 'tanh'"),
