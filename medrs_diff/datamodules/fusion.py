@@ -6,6 +6,11 @@ Flat layout ``<case>_<a>.nii.gz`` + ``<case>_<b>.nii.gz`` in ``root`` (the multi
 SPECT / CT / infrared; b: the gradient source, e.g. MRI / visible). The method decides which channels its
 prior trains on. With ``phantoms`` set, an empty ``root`` is first filled with synthetic PET / MRI-like
 pairs (:mod:`medrs_diff.data.fusion_phantoms`).
+
+Prior-only training (``prior_modality`` set, e.g. ``mri``): each case is one ``<case>_<prior_modality>``
+file (no partner needed: the DDFM prior is unconditional) and ``image`` holds it twice, as channels a and
+b, so validation fuses an image with itself (a smoke check of the chain). With a single volume (the shared
+example MR) training and validation read the same case; ``modalities`` still names what ``infer`` stacks.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class NiftiFusionDataModule(NiftiSegmentationDataModule):
         patch_size: list[int] | None = None,
         val_fraction: float = 0.25,
         slices: bool = False,
+        prior_modality: str | None = None,
         phantoms: int = 0,
         phantom_size: list[int] | None = None,
         phantom_seed: int = 0,
@@ -49,6 +55,9 @@ class NiftiFusionDataModule(NiftiSegmentationDataModule):
         if len(self.modalities) != 2:
             raise DataError("modalities", f"fusion takes exactly two modalities, got {self.modalities}",
                             "list the intensity source then the gradient source, e.g. [pet, mri]")
+        self.prior_modality = None if prior_modality is None else str(prior_modality)
+        if self.prior_modality == "":
+            raise DataError("prior_modality", "is empty", "name the modality tag the prior trains on, or null")
 
     def prepare_data(self) -> None:
         if not self.phantoms or any(self.root.glob(f"*_{self.modalities[0]}.nii*")):
@@ -66,6 +75,8 @@ class NiftiFusionDataModule(NiftiSegmentationDataModule):
             raise DataError(self.root, "dataset folder does not exist (or is a file)",
                             "check data.init_args.root, or set `phantoms` to generate synthetic pairs there")
         a, b = self.modalities
+        if self.prior_modality is not None:
+            return self._prior_records(self.prior_modality)
         out = []
         for fa in sorted(self.root.glob(f"*_{a}.nii*")):
             if fa.name.startswith("."):
@@ -82,12 +93,23 @@ class NiftiFusionDataModule(NiftiSegmentationDataModule):
                             "put registered pairs there, check `modalities`, or set `phantoms`")
         return out
 
+    def _prior_records(self, tag: str) -> list[dict[str, str]]:
+        files = [f for f in sorted(self.root.glob(f"*_{tag}.nii*")) if not f.name.startswith(".")]
+        if not files:
+            raise DataError(self.root, f"holds no <case>_{tag}.nii.gz file for the prior",
+                            "put the prior's images there, or check `prior_modality`")
+        return [{tag: str(f), CASE: f.name[: f.name.index(f"_{tag}.nii")]} for f in files]
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return (self.prior_modality,) * 2 if self.prior_modality is not None else tuple(self.modalities)
+
     def transforms(self, train: bool):
         from ..data.medical import medical_transforms
 
-        images = self.image_keys
+        images = tuple(dict.fromkeys(self.image_keys))
         return medical_transforms(
-            images, (), scaling=self.scaling, stack=images,
+            images, (), scaling=self.scaling, stack=self.image_keys,
             orientation="RAS" if self.spatial_dims == 3 or self.slices else None,
             patch_size=self.patch_size if (train or self.slices) else None, seed=self.seed, slices_2d=self.slices,
         )
@@ -101,7 +123,10 @@ class NiftiFusionDataModule(NiftiSegmentationDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
         records = self.records()
-        train, val = split_train_val(records, self.val_fraction, "fusion pairs", Path(self.root))
+        if self.prior_modality is not None and len(records) == 1:
+            train, val = records, records  # one volume: validation only checks that the chain runs
+        else:
+            train, val = split_train_val(records, self.val_fraction, "fusion pairs", Path(self.root))
         self.train_dataset = self._items(train, True)
         self.val_dataset = self._items(val, False)
         self.test_dataset = self.val_dataset
