@@ -2,9 +2,8 @@
 
 ``structural`` (MRI-like, the gradient source b of DDFM): a head outline with a skull ring, ventricles
 and several tissue compartments with sharp edges and fine texture, no lesion. ``functional``
-(PET / SPECT-like, the intensity source a): a smooth, blurred uptake map of the same anatomy (low
-uptake in the ventricles, grey-matter-like rim uptake) plus one or two hot lesions the structural image
-does not show. Each modality holds information the other lacks, so a good fusion shares more with each
+(PET / SPECT-like, the intensity source a): a smooth, blurred uptake map of the brain (no compartments,
+no skull) plus one or two hot lesions the structural image does not show. Each modality holds information the other lacks, so a good fusion shares more with each
 source than the sources share with each other (the DDFM behaviour test).
 """
 
@@ -51,13 +50,13 @@ def fusion_phantom_pair(size: int | Sequence[int] = 32, seed: int = 0) -> tuple[
     texture = ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)
     mri = 0.05 + 0.9 * skull + 0.45 * grey + 0.7 * white + 0.15 * vent
     mri = mri + 0.06 * texture * brain
-    # functional: blurred uptake, hot lesion(s) absent from the structural image
-    uptake = 0.1 * head + 0.35 * grey + 0.2 * white + 0.02 * vent
+    # functional: smooth, low-resolution uptake (little anatomy) and hot lesion(s) absent from the structural image
+    uptake = 0.25 * brain
     for _ in range(int(rng.integers(1, 3))):
         lc = (c[0] + rng.uniform(-0.2, 0.2) * h, c[1] + rng.uniform(-0.2, 0.2) * w)
         lr = rng.uniform(0.05, 0.09) * min(h, w)
         uptake = uptake + 0.6 * _ellipse(shape, lc, (lr, lr))
-    pet = ndimage.gaussian_filter(uptake, 1.2) + 0.02 * rng.standard_normal(shape)
+    pet = ndimage.gaussian_filter(uptake, 2.0) + 0.02 * rng.standard_normal(shape)
     return np.clip(pet, 0, 1).astype(np.float32), np.clip(mri, 0, 1).astype(np.float32)
 
 

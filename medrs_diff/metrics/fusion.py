@@ -50,9 +50,9 @@ def _img(x: Any, name: str) -> np.ndarray:
     return a
 
 
-def quantise(x: np.ndarray) -> np.ndarray:
-    """Bin index 0..255 of each pixel: floor(256 x), x clipped to [0, 1] (1.0 goes to bin 255)."""
-    return np.minimum((np.clip(x, 0.0, 1.0) * BINS).astype(np.int64), BINS - 1)
+def quantise(x: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """Bin index 0..bins-1 of each pixel: floor(bins x), x clipped to [0, 1] (1.0 goes to the last bin)."""
+    return np.minimum((np.clip(x, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
 
 
 def entropy(f: Any) -> float:
@@ -63,12 +63,15 @@ def entropy(f: Any) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def mutual_information(x: Any, y: Any) -> float:
-    """MI(X, Y) in bits from the 256 x 256 joint histogram of two [0, 1] images."""
-    qx, qy = quantise(_img(x, "image")), quantise(_img(y, "image"))
+def mutual_information(x: Any, y: Any, bins: int = BINS) -> float:
+    """MI(X, Y) in bits from the ``bins`` x ``bins`` joint histogram of two [0, 1] images (256: the convention;
+    fewer bins for small images, whose 256-bin MI is dominated by the sparse joint histogram)."""
+    if not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    qx, qy = quantise(_img(x, "image"), bins), quantise(_img(y, "image"), bins)
     if qx.shape != qy.shape:
         raise ValueError(f"images differ in shape: {qx.shape} vs {qy.shape}")
-    joint = np.bincount((qx * BINS + qy).ravel(), minlength=BINS * BINS).reshape(BINS, BINS) / qx.size
+    joint = np.bincount((qx * bins + qy).ravel(), minlength=bins * bins).reshape(bins, bins) / qx.size
     px, py = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
     return float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum())
