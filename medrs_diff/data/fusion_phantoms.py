@@ -3,8 +3,8 @@
 ``structural`` (MRI-like, the gradient source b of DDFM): a head outline with a skull ring, ventricles
 and several tissue compartments with sharp edges and fine texture, no lesion. ``functional``
 (PET / SPECT-like, the intensity source a): a smooth, blurred uptake map of the brain (no compartments,
-no skull) plus one or two hot lesions the structural image does not show. Each modality holds information the other lacks, so a good fusion shares more with each
-source than the sources share with each other (the DDFM behaviour test).
+no skull) plus one or two hot lesions the structural image does not show. Each modality holds information
+the other lacks, so a good fusion shares more with each source than the sources share with each other.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ ImageNet model; the prior's provenance is the checkpoint ``fit`` wrote). Fusion 
 ``predict`` takes ``image`` (B, 2, ...) = [a, b] (a: the intensity source, PET / SPECT / CT / infrared;
 b: the gradient source, MRI / visible) and runs DDIM (100 steps, eta 0) from noise with the
 :class:`~medrs_diff.diffusion.guidance.DDFMFusion` hook, which refines every step's x0 estimate by one EM
-iteration (lambda 0.5, rho 0.01). The fused image is returned in [0, 1] (model space [-1, 1] mapped
+iteration (lambda 0.5, rho 0.01; ``official_code``: which EM model, see
+:mod:`medrs_diff.diffusion.guidance.ddfm`). The fused image is returned in [0, 1] (model space [-1, 1] mapped
 linearly; the two sources' units differ, so it is not mapped back to either).
 """
 
@@ -52,7 +53,7 @@ class DDFM(DiffusionMethod):
         schedule: str = "linear",
         lam: float = DDFM_LAMBDA,
         rho: float = DDFM_RHO,
-        official_code: bool = False,
+        official_code: bool = True,
         eta: float = DDFM_ETA,
         n_samples: int = 1,
         sampler: str = "ddim",
@@ -91,7 +92,7 @@ class DDFM(DiffusionMethod):
 
     # -- training: the unconditional prior ------------------------------------------------------------
     def prior_images(self, image: Tensor) -> Tensor:
-        """The single-channel training images of a batch: the ``prior_channels`` of each case, stacked on the batch axis."""
+        """The single-channel training images of a batch: each case's ``prior_channels``, stacked on the batch axis."""
         check_spatial(image, "image")
         if image.ndim != self.spatial_dims + 2:
             raise DataError("batch", f"expected {self.spatial_dims}-D images (B, C, ...), got {tuple(image.shape)}",
