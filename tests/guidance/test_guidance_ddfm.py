@@ -174,3 +174,22 @@ def test_refusals():
     hook = DDFMFusion(a, b)
     with pytest.raises(ValueError, match="modality a"):
         ddim(_prior((1, 4, 4)), torch.randn(1, 1, 4, 4), SCHEDULE, steps=3, hooks=[hook])
+
+
+def test_official_em_is_the_residual_weighted_blend_by_hand():
+    """rho -> 0: f = b + (a - b) c / (c + d), c = sqrt(2 gamma)/|a - x0|, d = min(sqrt(2 gamma_b)/|x0 - b|, 2 c)."""
+    g = gen(6)
+    a, b, x0 = (torch.rand(1, 1, 6, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    st = EMState(1, 4, torch.device("cpu"), torch.float64)
+    out = em_one_step(x0, a, b, st, lam=0.5, rho=1e-12, official_code=True)
+    c = math.sqrt(2.0) / (a - x0).abs().clamp(min=1e-3)
+    d = torch.minimum(math.sqrt(2.0) / (x0 - b).abs().clamp(min=1e-3), 2 * c)
+    torch.testing.assert_close(out, b + (a - b) * c / (c + d), atol=1e-9, rtol=1e-9)
+
+
+def test_bare_objective_em_returns_source_a_at_published_rho():
+    """The documented reason the code's model is the default: c >> rho, so x = y and f = a."""
+    g = gen(7)
+    a, b, x0 = (torch.rand(1, 1, 8, 8, generator=g) * 2 - 1 for _ in range(3))
+    out = em_one_step(x0, a, b, EMState(1, 4, torch.device("cpu"), torch.float32), official_code=False)
+    assert (out - a).abs().max() < 0.02
