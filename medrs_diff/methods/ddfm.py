@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.colour import fuse_on_luminance
 from ..diffusion.ensemble import fuse_mean, variance_map
 from ..diffusion.generators import GeneratorLike
 from ..diffusion.guidance.ddfm import DDFM_ETA, DDFM_LAMBDA, DDFM_RHO, DDFM_STEPS, DDFMFusion
@@ -146,6 +147,20 @@ class DDFM(DiffusionMethod):
         mean = fuse_mean(fused.transpose(0, 1))
         return {"prediction": mean,
                 "uncertainty": variance_map(fused.transpose(0, 1)) if n > 1 else torch.zeros_like(mean)}
+
+    @torch.no_grad()
+    def fuse_colour(self, colour: Tensor, grey: Tensor, **predict_kwargs: Any) -> Tensor:
+        """Fuse a colour image (B, 3, H, W) in [0, 1] (e.g. colour-coded PET / SPECT, a visible photo) with a
+        grey one (B, 1, H, W) in [0, 1] on luminance: the colour image's Y is the intensity source a when
+        ``intensity_channel`` is 0 (else the gradient source b), the fused Y gets its Cb / Cr back
+        (:func:`~medrs_diff.data.colour.fuse_on_luminance`, BT.601 full range); returns RGB in [0, 1]."""
+
+        def fuse(y: Tensor, g: Tensor) -> Tensor:
+            pair = [y, g] if self.intensity_channel == 0 else [g, y]
+            image = torch.cat(pair, 1).float() * 2 - 1
+            return self.predict({self.input_key: image}, **predict_kwargs)["prediction"].to(y.dtype)
+
+        return fuse_on_luminance(colour, grey, fuse)
 
     def validation_metrics(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
         """MI(F, A) + MI(F, B) in bits (256 bins, :mod:`medrs_diff.metrics.fusion`), mean over the 2-D batch."""

@@ -133,3 +133,22 @@ def test_ddfm_shares_more_with_each_source_than_the_other_source_does(tmp_path, 
     print(f"MI(F,A) {scores[0]:.3f} > MI(B,A) {scores[1]:.3f}; MI(F,B) {scores[2]:.3f} > MI(A,B) {scores[1]:.3f}")
     assert scores[0] > scores[1]
     assert scores[2] > scores[1]
+
+
+def test_colour_input_is_fused_on_luminance_and_keeps_its_chroma(tiny):
+    from medrs_diff.data.colour import rgb_to_ycbcr
+
+    g = torch.Generator().manual_seed(2)
+    colour = torch.rand(1, 3, 16, 16, generator=g) * 0.4 + 0.3  # in gamut after a change of Y
+    grey = torch.rand(1, 1, 16, 16, generator=g)
+    out = tiny.fuse_colour(colour, grey, generator=torch.Generator().manual_seed(0))
+    y = rgb_to_ycbcr(colour)[:, :1]
+    fused_y = tiny.predict({"image": torch.cat([y, grey], 1) * 2 - 1},
+                           generator=torch.Generator().manual_seed(0))["prediction"]
+    ycc = rgb_to_ycbcr(out)
+    inside = ((out > 0) & (out < 1)).all(1, keepdim=True)  # pixels the final clip to [0, 1] left alone
+    assert inside.float().mean() > 0.5
+    torch.testing.assert_close(ycc[:, :1][inside], fused_y[inside], atol=1e-5, rtol=0)
+    for ch in (1, 2):
+        torch.testing.assert_close(ycc[:, ch : ch + 1][inside], rgb_to_ycbcr(colour)[:, ch : ch + 1][inside],
+                                   atol=1e-5, rtol=0)
