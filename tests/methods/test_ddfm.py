@@ -3,13 +3,11 @@ and the phantom behaviour test (slow)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _learning import fit
 
 from medrs_diff.data.fusion_phantoms import fusion_phantom_pair, make_fusion_phantoms
 from medrs_diff.datamodules import NiftiFusionDataModule
@@ -116,9 +114,6 @@ def test_fusion_data_module_pairs_and_prior_only(tmp_path):
 def test_ddfm_shares_more_with_each_source_than_the_other_source_does(tmp_path, one_thread):
     """A tiny prior trained briefly on the MRI-like phantoms; DDFM (DDIM 100 steps + EM) fuses held-out pairs.
     MI with 32 bins (32 x 32 images: 256 bins leave the joint histogram nearly empty)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _learning import fit
-
     torch.manual_seed(0)
     dm = NiftiFusionDataModule(str(tmp_path / "ph"), phantoms=24, phantom_size=[32, 32], batch_size=16,
                                val_batch_size=6)
