@@ -9,6 +9,7 @@ short name among the subclasses of ``DictDataModule`` imported here.
 
 from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker, split_train_val
 from .clinical2d import Clinical2DSegmentationDataModule
+from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
 
@@ -16,6 +17,7 @@ __all__ = [
     "Clinical2DSegmentationDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",
+    "NiftiFusionDataModule",
     "NiftiSegmentationDataModule",
     "ResumableDataLoader",
     "ResumableSampler",

@@ -3,6 +3,7 @@ discriminative baselines; all share the contract in :mod:`.base`."""
 
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
+from .ddfm import DDFM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
@@ -18,9 +19,10 @@ METHODS: dict[str, type[Method]] = {
     "srdiff": SRDiff,
     "smp_unet": SMPUNet,
     "regression_sr": RegressionSR,
+    "ddfm": DDFM,
 }
 
 __all__ = [
-    "EIDDPM", "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR",
+    "DDFM", "EIDDPM", "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR",
     "SMPUNet", "SRDiff", "SegDiff",
 ]

@@ -2,13 +2,15 @@
 replace the update rule (RePaint's resampling loop, DDRM) and classifier-free guidance.
 
 Hooks (``hooks=[...]`` of ddpm, ddim, dpm_solver_pp, analytic_dpm, repaint, ddrm):
-:class:`ILVR`, :class:`KnownRegion` (RePaint's replacement), :class:`DPS`, :class:`DataConsistency`.
+:class:`ILVR`, :class:`KnownRegion` (RePaint's replacement), :class:`DPS`, :class:`DataConsistency`,
+:class:`DDFMFusion` (DDFM's one-EM-step fusion).
 Samplers: :func:`repaint`, :func:`ddrm`. Denoiser wrapper: :func:`cfg_denoiser`.
 """
 
 from ._common import block_lowpass
 from .cfg import NullCondition, cfg_denoiser, drop_condition, rescale_guidance
 from .consistency import DataConsistency
+from .ddfm import DDFMFusion
 from .ddrm import ddrm
 from .dps import DPS
 from .gaussian import CorrelatedGaussian
@@ -21,6 +23,7 @@ __all__ = [
     "ILVR",
     "Colorization",
     "CorrelatedGaussian",
+    "DDFMFusion",
     "DataConsistency",
     "Denoising",
     "GaussianDeblur",
