@@ -1,6 +1,7 @@
 """Published methods, each a small composition of a net, a condition encoder and an engine config, plus the
 discriminative baselines; all share the contract in :mod:`.base`."""
 
+from .anoddpm import AnoDDPM
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
 from .eiddpm import EIDDPM
@@ -18,9 +19,11 @@ METHODS: dict[str, type[Method]] = {
     "srdiff": SRDiff,
     "smp_unet": SMPUNet,
     "regression_sr": RegressionSR,
+    "anoddpm": AnoDDPM,
 }
 
 __all__ = [
+    "AnoDDPM",
     "EIDDPM", "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR",
     "SMPUNet", "SRDiff", "SegDiff",
 ]
