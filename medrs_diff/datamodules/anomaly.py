@@ -31,7 +31,7 @@ class BrainAnomalyDataModule(DictDataModule):
         healthy_dir: str = "healthy",
         lesion_dir: str | None = "lesion",
         spatial_dims: int = 2,
-        scaling: str = "mri",
+        scaling: str = "zscore",
         patch_size: list[int] | None = None,
         val_fraction: float = 0.25,
         image_suffix: str = "_image",
