@@ -60,7 +60,8 @@ def test_cli_evaluate_anomaly(split, tmp_path, capsys):
     argv = ["evaluate", str(tmaps), str(tlabels), "--task", "anomaly", "--threshold-from", str(vmaps), str(vlabels),
             "--out", str(tmp_path / "rep")]
     assert main(argv) == 0
-    assert "auroc" in capsys.readouterr().out and (tmp_path / "rep").is_dir()
+    printed = capsys.readouterr().out
+    assert "auroc" in printed and "threshold" in printed and (tmp_path / "rep").is_dir()
 
 
 @pytest.mark.parametrize("kwargs, where", [

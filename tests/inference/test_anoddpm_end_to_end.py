@@ -49,7 +49,8 @@ def test_fit_infer_evaluate(tmp_path):
     assert main(["evaluate", *val, "--task", "anomaly", "--threshold-from", *val, "--out", str(tmp_path / "ve")]) == 0
     tau = json.loads(next((tmp_path / "ve").glob("*.json")).read_text())["settings"]["threshold"]
     assert main(["infer", *common, "--input", str(tmp_path / "test" / "images"), "--output", str(tmp_path / "to"),
-                 "--threshold", str(tau)]) == 0
+                 "--threshold", str(tau), "--panels"]) == 0
+    assert len(list((tmp_path / "to" / "panels").glob("*.png"))) == 2
     for n in sorted(p.name for p in (tmp_path / "test" / "images").iterdir()):
         amap = np.asarray(nib.load(tmp_path / "to" / n).dataobj)
         mask = np.asarray(nib.load(tmp_path / "to" / "mask" / n).dataobj)
