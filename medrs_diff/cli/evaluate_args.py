@@ -78,6 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("class")
     g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: max label + 1)")
     g.add_argument("--ignore-index", type=int, default=None, help="reference label to leave out")
+    g = parser.add_argument_group("anomaly")
+    g.add_argument("--threshold-from", nargs="+", default=None, metavar="VAL",
+                   help="VAL_MAPS VAL_LABELS: choose the mask threshold on this validation split (never the test "
+                        "set); VAL_MAPS alone (healthy maps) with --threshold-rule percentile")
+    g.add_argument("--threshold-rule", default=_default("anomaly", "threshold_rule"), choices=("dice", "percentile"),
+                   help="dice: maximise pooled validation Dice; percentile: that percentile of healthy errors")
+    g.add_argument("--threshold-percentile", type=float, default=_default("anomaly", "threshold_percentile"),
+                   help="percentile of healthy validation errors (rule percentile)")
+    g.add_argument("--anomaly-threshold", type=float, default=None,
+                   help="a fixed threshold chosen earlier on validation data (instead of --threshold-from)")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -10,8 +10,11 @@ path is then checked before the first file is computed (see ``Predictor.check_fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+
+from ..errors import ArgumentError
 
 __all__ = ["add_arguments", "run_from_args"]
 
@@ -93,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "modality, each branch's mask, the fused mask, the uncertainty), else input / prediction / "
                         "uncertainty; a volume shows the axial slice with the most predicted foreground")
     p.add_argument("--raw-weights", action="store_true", help="use the raw training weights, not the EMA ones")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="anomaly methods (AnoDDPM): the mask threshold chosen on validation (evaluate --task anomaly "
+                        "--threshold-from); overrides the checkpoint's `threshold` and adds the `mask` output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
 
 
@@ -102,6 +108,13 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           ema=False if args.raw_weights else None)
+    if args.threshold is not None:
+        set_threshold = getattr(predictor.method, "set_threshold", None)
+        if set_threshold is None:
+            raise ArgumentError("--threshold", f"applies to anomaly methods; {type(predictor.method).__name__} "
+                                "has no mask threshold", "drop --threshold")
+        set_threshold(args.threshold)
+        predictor = dataclasses.replace(predictor, io_spec=predictor.method.io_spec)
 
     def report(src: object, paths: dict[str, Path]) -> None:
         print(f"{src} -> " + ", ".join(str(p) for p in paths.values()), flush=True)

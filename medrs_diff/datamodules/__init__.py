@@ -7,6 +7,7 @@ them by class name (``data.class_path: NiftiSegmentationDataModule``); Lightning
 short name among the subclasses of ``DictDataModule`` imported here.
 """
 
+from .anomaly import BrainAnomalyDataModule
 from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker, split_train_val
 from .clinical2d import Clinical2DSegmentationDataModule
 from .fusion import NiftiFusionDataModule
@@ -14,6 +15,7 @@ from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
 
 __all__ = [
+    "BrainAnomalyDataModule",
     "Clinical2DSegmentationDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import ArgumentError
+from .anomaly import AnomalyOptions, evaluate_anomaly
 from .classification import ClassOptions, evaluate_class
 from .forecast import ForecastOptions, evaluate_forecast
 from .image import ImageOptions, evaluate_image
@@ -23,7 +24,7 @@ from .spectral import SpectralOptions, evaluate_spectral
 __all__ = ["TASKS", "Task", "TaskOptions", "evaluate", "make_options"]
 
 PathLike = str | os.PathLike
-TaskOptions = SegOptions | SpectralOptions | ForecastOptions | ImageOptions | ClassOptions
+TaskOptions = SegOptions | SpectralOptions | ForecastOptions | ImageOptions | ClassOptions | AnomalyOptions
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("forecast", ForecastOptions, evaluate_forecast, "fields: CSI, POD, FAR, HSS, ETS, FSS, CRPS, RALSD"),
     Task("image", ImageOptions, evaluate_image, "images: PSNR, SSIM, NRMSE, SUV bias, ENL"),
     Task("class", ClassOptions, evaluate_class, "class maps: OA, AA, kappa, per-class recall"),
+    Task("anomaly", AnomalyOptions, evaluate_anomaly,
+         "anomaly maps: pixel AUROC, AUPRC, Dice at a validation threshold"),
 )}
 
 

@@ -1,6 +1,7 @@
 """Published methods, each a small composition of a net, a condition encoder and an engine config, plus the
 discriminative baselines; all share the contract in :mod:`.base`."""
 
+from .anoddpm import AnoDDPM
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
 from .ddfm import DDFM
@@ -20,9 +21,11 @@ METHODS: dict[str, type[Method]] = {
     "smp_unet": SMPUNet,
     "regression_sr": RegressionSR,
     "ddfm": DDFM,
+    "anoddpm": AnoDDPM,
 }
 
 __all__ = [
-    "DDFM", "EIDDPM", "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR",
+    "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method",
+    "RegressionSR",
     "SMPUNet", "SRDiff", "SegDiff",
 ]

@@ -18,6 +18,7 @@ from ._common import (
     check_spacing,
     check_thresholds,
 )
+from .anomaly import anomaly_scores, auprc, select_threshold
 from .brats import BRATS_REGIONS, BratsMetric, brats_regions, brats_scores
 from .calibration import CalibrationMetric, expected_calibration_error
 from .classification import ClassificationMetric, classification_scores, confusion_matrix
@@ -35,6 +36,7 @@ from .surface import SurfaceDistanceMetric, average_surface_distance, hd95, surf
 __all__ = [
     "MeanTracker", "StreamingMetric", "as_binary", "as_float", "check_positive_ints", "check_spacing",
     "check_thresholds",
+    "anomaly_scores", "auprc", "select_threshold",
     "BRATS_REGIONS", "BratsMetric", "brats_regions", "brats_scores",
     "CalibrationMetric", "expected_calibration_error",
     "ClassificationMetric", "classification_scores", "confusion_matrix",

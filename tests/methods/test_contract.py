@@ -31,9 +31,11 @@ TINY = {
                    num_head_channels=16, norm_num_groups=8, timesteps=100),
     "ddfm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
                  norm_num_groups=8, timesteps=100),
+    "anoddpm": dict(in_channels=2, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
+                    num_head_channels=16, norm_num_groups=8, lam=20, threshold=0.5),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
-OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}}
+OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
 
 
 def test_every_registered_method_is_covered_by_the_contract_tests():
@@ -99,6 +101,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                                     *branches), 2, 1, "seg", (),
                                      {"size_multiple": 2, "label_outputs": ("prediction", *branches)})
     assert specs["ddfm"] == IOSpec({"image": 2}, sr_out, 2, 1, "image", (), {"size_multiple": 2})
+    assert specs["anoddpm"] == IOSpec({"image": 2}, ("anomaly_map", "reconstruction", "mask"), 2, 1, "anomaly",
+                                      ("reconstruction",), {"size_multiple": 2, "label_outputs": ("mask",)})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -120,6 +124,7 @@ def test_predict_returns_every_declared_output():
         "srdiff": {"cond": torch.randn(2, 3, 8, 8)},
         "regression_sr": {"cond": torch.randn(2, 3, 8, 8)},
         "ddfm": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
+        "anoddpm": {"image": torch.randn(2, 2, 16, 16)},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
