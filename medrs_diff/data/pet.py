@@ -1,14 +1,14 @@
 """PET data: low-dose simulation by counts thinning, SUV scaling from the header, and a PET reader.
 
-**Low dose.** A PET image in SUV is turned into counts with an explicit, recorded ``counts_per_suv``
-(expected detected counts per voxel per SUV unit at full dose, a stand-in for the scanner's
+**Low dose.** A PET image in SUV (or Bq/mL) is turned into counts with an explicit, recorded
+``counts_per_unit`` (expected detected counts per voxel per SUV (or Bq/mL) unit at full dose, a stand-in for the scanner's
 sensitivity x frame duration x voxel volume). ``mode="thin"`` (default) draws the full-dose counts
-``n`` (stochastic rounding of ``x * counts_per_suv``, unbiased) and keeps each count with probability
+``n`` (stochastic rounding of ``x * counts_per_unit``, unbiased) and keeps each count with probability
 ``f`` (binomial thinning, what list-mode subsampling of a real acquisition does, e.g. the UDPET
-low-dose data): low = ``Binomial(n, f) / (counts_per_suv * f)``, mean ``x``, variance
-``x (1 - f) / (counts_per_suv f)`` given the full-dose image. ``mode="poisson"`` draws an independent
-low-dose acquisition, ``Poisson(x counts_per_suv f) / (counts_per_suv f)``, variance
-``x / (counts_per_suv f)``. Both act voxel-wise in the image domain (no sinogram / reconstruction model:
+low-dose data): low = ``Binomial(n, f) / (counts_per_unit * f)``, mean ``x``, variance
+``x (1 - f) / (counts_per_unit f)`` given the full-dose image. ``mode="poisson"`` draws an independent
+low-dose acquisition, ``Poisson(x counts_per_unit f) / (counts_per_unit f)``, variance
+``x / (counts_per_unit f)``. Both act voxel-wise in the image domain (no sinogram / reconstruction model:
 reconstructed noise is spatially correlated, this is white); it is Poisson statistics, never Gaussian.
 
 **SUV.** Body-weight SUV = activity [Bq/mL] x weight [g] / decayed dose [Bq], the dose decayed from
@@ -38,7 +38,7 @@ PathLike = str | os.PathLike
 #: The dose fractions of the BC-DPM study design (and the UDPET challenge).
 DOSE_FRACTIONS: tuple[float, ...] = (1 / 4, 1 / 10, 1 / 20, 1 / 50, 1 / 100)
 #: Default counts per voxel per SUV unit at full dose (recorded with every simulated pair).
-COUNTS_PER_SUV = 50.0
+COUNTS_PER_UNIT = 50.0
 ThinMode = Literal["thin", "poisson"]
 
 
@@ -51,7 +51,7 @@ def check_dose_fraction(f: float, where: str = "dose_fraction") -> float:
 def simulate_low_dose(
     image: np.ndarray,
     dose_fraction: float,
-    counts_per_suv: float = COUNTS_PER_SUV,
+    counts_per_unit: float = COUNTS_PER_UNIT,
     rng: np.random.Generator | int | None = None,
     mode: ThinMode = "thin",
 ) -> np.ndarray:
@@ -60,8 +60,8 @@ def simulate_low_dose(
     Negative voxels (reconstruction undershoot) count as 0 activity. Returns float32 in the input's units.
     """
     f = check_dose_fraction(dose_fraction)
-    if not np.isfinite(counts_per_suv) or counts_per_suv <= 0:
-        raise ArgumentError("counts_per_suv", f"must be a positive number, got {counts_per_suv!r}",
+    if not np.isfinite(counts_per_unit) or counts_per_unit <= 0:
+        raise ArgumentError("counts_per_unit", f"must be a positive number, got {counts_per_unit!r}",
                             "use the expected counts per voxel per SUV at full dose, e.g. 50")
     if mode not in ("thin", "poisson"):
         raise ArgumentError("mode", f"unknown thinning mode {mode!r}", "use 'thin' (binomial) or 'poisson'")
@@ -70,14 +70,14 @@ def simulate_low_dose(
         raise DataError("image", f"has {int((~np.isfinite(x)).sum())} non-finite voxels",
                         "fill or mask NaN / Inf before simulating a low dose")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    lam = np.clip(x, 0.0, None) * counts_per_suv
+    lam = np.clip(x, 0.0, None) * counts_per_unit
     if mode == "poisson":
         low = gen.poisson(lam * f)
     else:
         base = np.floor(lam)
         n = base + (gen.random(lam.shape) < (lam - base))  # unbiased stochastic rounding
         low = gen.binomial(n.astype(np.int64), f)
-    return (low / (counts_per_suv * f)).astype(np.float32)
+    return (low / (counts_per_unit * f)).astype(np.float32)
 
 
 # -- SUV ----------------------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_wo
 from .clinical2d import Clinical2DSegmentationDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
+from .pet import PETDoseDataModule
 
 __all__ = [
     "Clinical2DSegmentationDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",
     "NiftiSegmentationDataModule",
+    "PETDoseDataModule",
     "ResumableDataLoader",
     "ResumableSampler",
     "seed_worker",

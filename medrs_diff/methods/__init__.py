@@ -3,9 +3,11 @@ discriminative baselines; all share the contract in :mod:`.base`."""
 
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
+from .bcdpm import BCDPM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
+from .regression_unet import RegressionUNet
 from .segdiff import SegDiff
 from .srdiff import SRDiff
 
@@ -18,9 +20,12 @@ METHODS: dict[str, type[Method]] = {
     "srdiff": SRDiff,
     "smp_unet": SMPUNet,
     "regression_sr": RegressionSR,
+    "bcdpm": BCDPM,
+    "regression_unet": RegressionUNet,
 }
 
 __all__ = [
+    "BCDPM", "RegressionUNet",
     "EIDDPM", "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR",
     "SMPUNet", "SRDiff", "SegDiff",
 ]
