@@ -1,8 +1,9 @@
 """PET data: low-dose simulation by counts thinning, SUV scaling from the header, and a PET reader.
 
 **Low dose.** A PET image in SUV (or Bq/mL) is turned into counts with an explicit, recorded
-``counts_per_unit`` (expected detected counts per voxel per SUV (or Bq/mL) unit at full dose, a stand-in for the scanner's
-sensitivity x frame duration x voxel volume). ``mode="thin"`` (default) draws the full-dose counts
+``counts_per_unit`` (expected detected counts per voxel per SUV (or Bq/mL) unit at full dose, a
+stand-in for the scanner's sensitivity x frame duration x voxel volume).
+``mode="thin"`` (default) draws the full-dose counts
 ``n`` (stochastic rounding of ``x * counts_per_unit``, unbiased) and keeps each count with probability
 ``f`` (binomial thinning, what list-mode subsampling of a real acquisition does, e.g. the UDPET
 low-dose data): low = ``Binomial(n, f) / (counts_per_unit * f)``, mean ``x``, variance

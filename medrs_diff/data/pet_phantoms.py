@@ -78,7 +78,7 @@ def pet_phantom(
         r_vox = rng.uniform(1.5, 3.0)
         dist2 = sum((np.arange(s)[(slice(None),) + (None,) * (nd - 1 - a)] - centre_vox[a]) ** 2
                     for a, s in enumerate(shape))
-        m = (dist2 <= r_vox**2) & (lesions == 0)
+        m = (dist2 <= r_vox**2) & (lesions == 0) & body
         suv = float(rng.uniform(*lesion_suv))
         img[m] = suv
         lesions[m] = k + 1

@@ -134,7 +134,8 @@ class PETDoseDataModule(DictDataModule):
         if samples_per_epoch < 1 or val_samples < 1:
             raise ArgumentError("samples_per_epoch / val_samples", "must be >= 1", "set them to 1 or more")
         self.root, self.spatial_dims, self.patch = Path(root), spatial_dims, patch
-        self.dose_fraction, self.counts_per_unit, self.thin_mode = float(dose_fraction), float(counts_per_unit), thin_mode
+        self.dose_fraction, self.counts_per_unit = float(dose_fraction), float(counts_per_unit)
+        self.thin_mode = thin_mode
         self.units, self.source_units, self.scaling_name = units, source_units, scaling
         self.samples_per_epoch, self.val_samples, self.val_fraction = samples_per_epoch, val_samples, val_fraction
         self.phantoms, self.phantom_size = phantoms, tuple(phantom_size)
