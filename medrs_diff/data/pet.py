@@ -234,7 +234,8 @@ def body_mask(image: np.ndarray, threshold: float = 0.05) -> np.ndarray:
     if pos.size == 0:
         return np.zeros(x.shape, dtype=bool)
     m = x > threshold * np.percentile(pos, 99)
-    m = ndimage.binary_closing(m, iterations=2)
+    m = np.pad(m, 2, mode="edge")  # a body cut by the volume's edge stays whole through the closing
+    m = ndimage.binary_closing(m, iterations=2)[(slice(2, -2),) * m.ndim]
     lab, n = ndimage.label(m)
     if n == 0:
         return m
