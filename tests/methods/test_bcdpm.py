@@ -196,3 +196,26 @@ def test_bcdpm_learns_to_restore_phantom_pet_at_one_twentieth_dose(tmp_path):
     print(f"BC-DPM 1/20 dose: low dose {low:.2f} dB, restored {restored:.2f} dB, "
           f"{time.perf_counter() - start:.0f} s")
     assert restored >= low + 3.0
+
+
+def test_infer_writes_suv_on_the_input_grid(tmp_path):
+    """Through the Predictor with the recipes' ``pet`` scaling (SUV [0, 10]): a diffusion-only BC-DPM whose
+    block replaces every band returns the low dose itself, so the written NIfTI must equal the input in SUV
+    (to float32 rounding), on its affine and shape; a 2-D model runs a (x, y, 1) NIfTI slice."""
+    import nibabel as nib
+    import numpy as np
+
+    from medrs_diff.inference import Predictor
+    from medrs_diff.io.nifti import write_nifti
+
+    low = np.clip(np.random.default_rng(0).gamma(2.0, 1.0, (32, 32, 1)), 0, 9.5).astype(np.float32)
+    affine = np.diag([4.0, 4.0, 5.0, 1.0])
+    affine[:3, 3] = [-60.0, 10.0, 3.0]
+    (tmp_path / "in").mkdir()
+    write_nifti(low, tmp_path / "in" / "case.nii.gz", affine)
+    m = BCDPM(condition="diffusion", dd_band="all", **TINY)
+    p = Predictor.from_method(m, scaling="pet", patch_size=(32, 32), slice_wise=True)
+    p.predict_files(tmp_path / "in", tmp_path / "out", sampler="ddim", steps=3)
+    out = nib.load(tmp_path / "out" / "case.nii.gz")
+    assert out.shape == (32, 32, 1) and np.allclose(out.affine, affine)
+    np.testing.assert_allclose(out.get_fdata(), low, atol=1e-5)
