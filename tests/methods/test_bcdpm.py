@@ -219,3 +219,12 @@ def test_infer_writes_suv_on_the_input_grid(tmp_path):
     out = nib.load(tmp_path / "out" / "case.nii.gz")
     assert out.shape == (32, 32, 1) and np.allclose(out.affine, affine)
     np.testing.assert_allclose(out.get_fdata(), low, atol=1e-5)
+
+
+def test_infer_refuses_a_bqml_dicom_for_an_suv_model(shared_data, tmp_path):
+    from medrs_diff.inference import Predictor
+
+    pytest.importorskip("pydicom")
+    p = Predictor.from_method(BCDPM(**TINY), scaling="pet", patch_size=(32, 32))
+    with pytest.raises(DataError, match="Bq/mL, but this model works in SUV"):
+        p.predict_files(shared_data / "pet_tcia_slice" / "1.dcm", tmp_path / "out.npy", steps=2)
