@@ -3,7 +3,8 @@
 For each dose fraction, four models train on the same 2-D phantom pairs (32 x 32, SUV, low dose simulated
 on the fly by counts thinning with ``--counts`` counts per voxel per SUV) for the same ``--steps``: BC-DPM
 with the spatial condition only (the spatial-only conditional DDPM), the diffusion-domain condition only
-(an unconditional DDPM + the block), both, and the UNet regression baseline (L1, residual). They are
+(an unconditional DDPM + the block), both, and the UNet regression baseline (L1, residual; also trained
+``--baseline-steps`` steps, its own row, since a regression at 300 steps is far from converged). They are
 scored with the low-dose input on ``--test`` held-out phantoms (seeds never trained on, fixed low-dose
 draws), in SUV, inside the phantom's body mask:
 
@@ -47,15 +48,21 @@ SUV_RANGE = 10.0
 SCALING = pet_suv(SUV_RANGE)
 NET = dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
            norm_num_groups=8, timesteps=100)
-ROWS = ("low-dose input", "UNet regression (L1)", "BC-DPM spatial only", "BC-DPM diffusion-domain only",
-        "BC-DPM both")
+ROWS = ["low-dose input", "UNet regression (L1)", "BC-DPM spatial only", "BC-DPM diffusion-domain only",
+        "BC-DPM both"]
+LONG = "UNet regression (L1), {} steps"
 
 
-def make_models() -> dict[str, torch.nn.Module]:
-    return {"UNet regression (L1)": RegressionUNet(channels=(16, 32, 64), num_res_units=1),
-            "BC-DPM spatial only": BCDPM(condition="spatial", **NET),
-            "BC-DPM diffusion-domain only": BCDPM(condition="diffusion", **NET),
-            "BC-DPM both": BCDPM(condition="both", **NET)}
+def make_models(baseline_steps: int) -> dict[str, tuple[torch.nn.Module, int | None]]:
+    """name -> (model, steps or None for the common ``--steps``)."""
+    models: dict[str, tuple[torch.nn.Module, int | None]] = {
+        "UNet regression (L1)": (RegressionUNet(channels=(16, 32, 64), num_res_units=1), None),
+        "BC-DPM spatial only": (BCDPM(condition="spatial", **NET), None),
+        "BC-DPM diffusion-domain only": (BCDPM(condition="diffusion", **NET), None),
+        "BC-DPM both": (BCDPM(condition="both", **NET), None)}
+    if baseline_steps:
+        models[LONG.format(baseline_steps)] = (RegressionUNet(channels=(16, 32, 64), num_res_units=1), baseline_steps)
+    return models
 
 
 def fit(method, dm, steps: int, lr: float = 2e-3):
@@ -109,7 +116,11 @@ def main() -> None:
     ap.add_argument("--counts", type=float, default=50.0)
     ap.add_argument("--test", type=int, default=16)
     ap.add_argument("--work", default="/tmp/bcdpm_table")
+    ap.add_argument("--baseline-steps", type=int, default=3000,
+                    help="also train the UNet regression this long (its own row; 0: no extra row)")
     args = ap.parse_args()
+    if args.baseline_steps:
+        ROWS.insert(2, LONG.format(args.baseline_steps))
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
@@ -120,13 +131,14 @@ def main() -> None:
         key = f"1/{round(1 / dose)}"
         full, low, body, lesions = test_set(args.test, dose, args.counts)
         results[key] = {"low-dose input": scores(low, full, body, lesions)}
-        for name, model in make_models().items():
+        for name, (model, own_steps) in make_models(args.baseline_steps).items():
+            steps = own_steps or args.steps
             torch.manual_seed(0)
             dm = PETDoseDataModule(f"{args.work}/phantoms", phantoms=16, phantom_size=(32, 32), patch_size=32,
-                                   samples_per_epoch=args.steps * 8, val_samples=1, val_fraction=0.25,
+                                   samples_per_epoch=steps * 8, val_samples=1, val_fraction=0.25,
                                    batch_size=8, dose_fraction=dose, counts_per_unit=args.counts)
             start = time.perf_counter()
-            fit(model, dm, args.steps)
+            fit(model, dm, steps)
             pred = restore(model, low)
             results[key][name] = scores(pred, full, body, lesions)
             results[key][name]["seconds"] = time.perf_counter() - start
@@ -170,7 +182,8 @@ def write(results, real, example, args, seconds) -> None:
              f"Low dose by binomial counts thinning, {args.counts:g} counts / voxel / SUV at full dose. "
              f"Scores on {args.test} held-out phantoms, in SUV, inside the body mask: PSNR (data range 10 SUV), "
              "SSIM (Gaussian 11 taps, sigma 1.5, range 10), NRMSE (RMSE / RMS of the reference in the body); "
-             "lesion SUVmax / SUVmean bias % vs the noise-free phantom, mean over lesions (mean |bias|).", ""]
+             "lesion SUVmax / SUVmean bias % vs the noise-free phantom, mean over lesions (mean |bias|). "
+             f"The UNet regression also with {args.baseline_steps} steps (its own row).", ""]
     for key, rows in results.items():
         lines += [f"## Dose {key}", "", "| method | PSNR dB | SSIM | NRMSE | SUVmax bias % | SUVmean bias % |",
                   "|---|---|---|---|---|---|"]
@@ -201,12 +214,13 @@ def panel(example: dict, real) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["full dose", "low-dose input", "UNet regression (L1)", "BC-DPM spatial only",
+    cols = ["full dose", "low-dose input", *[r for r in ROWS if r.startswith("UNet")], "BC-DPM spatial only",
             "BC-DPM diffusion-domain only", "BC-DPM both"]
     rows = [("phantom, 1/20", example)] + ([("real FLT slice, 1/20", real["images"])] if real else [])
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.4 * len(cols), 2.6 * len(rows)), squeeze=False)
     for r, (title, imgs) in enumerate(rows):
-        vmax = float(np.percentile(imgs["full dose"], 99.5))
+        ref = imgs["full dose"]
+        vmax = float(np.percentile(ref[ref > 0.05 * ref.max()], 99.5))
         for c, name in enumerate(cols):
             ax = axes[r, c]
             if name in imgs:
