@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -53,15 +54,17 @@ ROWS = ["low-dose input", "UNet regression (L1)", "BC-DPM spatial only", "BC-DPM
 LONG = "UNet regression (L1), {} steps"
 
 
-def make_models(baseline_steps: int) -> dict[str, tuple[torch.nn.Module, int | None]]:
-    """name -> (model, steps or None for the common ``--steps``)."""
-    models: dict[str, tuple[torch.nn.Module, int | None]] = {
-        "UNet regression (L1)": (RegressionUNet(channels=(16, 32, 64), num_res_units=1), None),
-        "BC-DPM spatial only": (BCDPM(condition="spatial", **NET), None),
-        "BC-DPM diffusion-domain only": (BCDPM(condition="diffusion", **NET), None),
-        "BC-DPM both": (BCDPM(condition="both", **NET), None)}
+def make_models(baseline_steps: int) -> dict[str, tuple[Callable[[], torch.nn.Module], int | None]]:
+    """name -> (builder, steps or None for the common ``--steps``); each model is built right after
+    ``torch.manual_seed(0)``, so its initial weights do not depend on the models trained before it."""
+    models: dict[str, tuple[Callable[[], torch.nn.Module], int | None]] = {
+        "UNet regression (L1)": (lambda: RegressionUNet(channels=(16, 32, 64), num_res_units=1), None),
+        "BC-DPM spatial only": (lambda: BCDPM(condition="spatial", **NET), None),
+        "BC-DPM diffusion-domain only": (lambda: BCDPM(condition="diffusion", **NET), None),
+        "BC-DPM both": (lambda: BCDPM(condition="both", **NET), None)}
     if baseline_steps:
-        models[LONG.format(baseline_steps)] = (RegressionUNet(channels=(16, 32, 64), num_res_units=1), baseline_steps)
+        models[LONG.format(baseline_steps)] = (lambda: RegressionUNet(channels=(16, 32, 64), num_res_units=1),
+                                               baseline_steps)
     return models
 
 
@@ -131,9 +134,10 @@ def main() -> None:
         key = f"1/{round(1 / dose)}"
         full, low, body, lesions = test_set(args.test, dose, args.counts)
         results[key] = {"low-dose input": scores(low, full, body, lesions)}
-        for name, (model, own_steps) in make_models(args.baseline_steps).items():
+        for name, (build, own_steps) in make_models(args.baseline_steps).items():
             steps = own_steps or args.steps
             torch.manual_seed(0)
+            model = build()
             dm = PETDoseDataModule(f"{args.work}/phantoms", phantoms=16, phantom_size=(32, 32), patch_size=32,
                                    samples_per_epoch=steps * 8, val_samples=1, val_fraction=0.25,
                                    batch_size=8, dose_fraction=dose, counts_per_unit=args.counts)

@@ -136,7 +136,7 @@ def _nifti_factor(side: Mapping[str, Any], explicit: Mapping[str, Any]) -> tuple
     if dose is None and side.get("InjectedRadioactivity") is not None:
         dose = float(side["InjectedRadioactivity"]) * 1e6  # BIDS: MBq
     half = explicit.get("half_life_s", side.get("RadionuclideHalfLife"))
-    decay = explicit.get("decay_s", side.get("DecayTime", 0.0 if half is not None else None))
+    decay = explicit.get("decay_s", side.get("DecayTime"))  # never assumed 0: stated or refused
     info = {"weight_kg": w, "injected_dose_bq": dose, "half_life_s": half, "decay_s": decay}
     if w is None or dose is None or half is None or decay is None:
         return None, info

@@ -154,6 +154,11 @@ def test_nifti_sidecar_suv(tmp_path):
     got = read_pet(path)
     want = 5000.0 * suv_factor(70, 350e6, 6586.2, 3600)
     np.testing.assert_allclose(got.data, want, rtol=1e-5)
+    (tmp_path / "pet.json").write_text(json.dumps({"Units": "Bq/mL", "BodyWeight": 70, "InjectedRadioactivity": 350,
+                                                   "RadionuclideHalfLife": 6586.2}))
+    with pytest.raises(DataError, match="decay_s"):  # the decay time is never assumed
+        read_pet(path)
+    np.testing.assert_allclose(read_pet(path, decay_s=3600).data, want, rtol=1e-5)
     (tmp_path / "pet.json").write_text(json.dumps({"Units": "Bq/mL", "BodyWeight": 70}))
     with pytest.raises(DataError, match="injected_dose_bq"):
         read_pet(path)
