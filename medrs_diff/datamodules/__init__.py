@@ -13,6 +13,7 @@ from .clinical2d import Clinical2DSegmentationDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
+from .pet import PETDoseDataModule
 
 __all__ = [
     "BrainAnomalyDataModule",
@@ -21,6 +22,7 @@ __all__ = [
     "GeoTiffSRDataModule",
     "NiftiFusionDataModule",
     "NiftiSegmentationDataModule",
+    "PETDoseDataModule",
     "ResumableDataLoader",
     "ResumableSampler",
     "seed_worker",

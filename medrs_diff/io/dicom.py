@@ -11,8 +11,9 @@ row spacing, column spacing) in mm from SpacingBetweenSlices / SliceThickness an
 put the SUV inputs in ``extra["pet"]`` (units, patient weight, injected dose, half-life, injection
 and series times, decay correction) and ``extra["suv_factor"]``: multiply the Bq/mL data by it to get
 body-weight SUV (weight in g over the dose decayed to the series start, when the images are decay
-corrected to START; to the acquisition otherwise). A series of single-slice files is not assembled
-into a volume here.
+corrected to START; to the acquisition otherwise). :func:`read_dicom_series` assembles a folder of
+single-slice files of one series into a volume (sorted along the slice normal; mixed modalities, series,
+orientations, in-plane grids or slice spacings are refused).
 """
 
 from __future__ import annotations
@@ -165,6 +166,62 @@ def read_dicom(path: PathLike, rescale: bool = True) -> ArrayFile:
                         affine=_affine(ds, n_frames, spacing) if layout[0] == "z" else None, header=ds,
                         extra=extra)
     return ArrayFile(p, data, geometry)
+
+
+def read_dicom_series(folder: PathLike, rescale: bool = True, tolerance_mm: float = 0.01) -> ArrayFile:
+    """A folder of single-slice DICOM files of one series -> (z, y, x) float32 volume, sorted along the slice
+    normal, with the spacing between slice positions (refused unless uniform within ``tolerance_mm``)."""
+    from pathlib import Path
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(root, "is not a folder of DICOM slices", "pass the folder holding the series' .dcm files")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    if not files:
+        raise DataError(root, "holds no .dcm files", "point at the folder of one DICOM series")
+    slices = [read_dicom(f, rescale=rescale) for f in files]
+    first = slices[0].geometry
+    keys = ("modality", "series_uid")
+    for s, f in zip(slices, files):
+        if s.data.shape[0] != 1 or s.geometry.layout[0] != "z":
+            raise DataError(f, "is not a single-slice grey-level DICOM", "pass a series of single-slice files")
+        for k in keys:
+            if s.geometry.extra.get(k) != first.extra.get(k):
+                raise DataError(f, f"has {k} {s.geometry.extra.get(k)!r}, unlike {files[0].name} "
+                                f"({first.extra.get(k)!r})", "put one series per folder")
+        if s.data.shape != slices[0].data.shape or s.geometry.spacing[1:] != first.spacing[1:]:
+            raise DataError(f, "has another in-plane grid than the first slice", "put one series per folder")
+    if len(slices) == 1:
+        return slices[0]
+    iop = [np.asarray([float(v) for v in s.geometry.header.get("ImageOrientationPatient", [])]) for s in slices]
+    ipp = [s.geometry.header.get("ImagePositionPatient") for s in slices]
+    if any(v.shape != (6,) for v in iop) or any(p is None for p in ipp):
+        raise DataError(root, "slices lack ImagePositionPatient / ImageOrientationPatient",
+                        "a volume cannot be assembled without slice positions")
+    if any(not np.allclose(v, iop[0], atol=1e-4) for v in iop):
+        raise DataError(root, "slices have different orientations", "put one series per folder")
+    normal = np.cross(iop[0][:3], iop[0][3:])
+    pos = np.asarray([np.dot(normal, [float(v) for v in p]) for p in ipp])
+    order = np.argsort(pos)
+    gaps = np.diff(pos[order])
+    if gaps.min() <= tolerance_mm:
+        raise DataError(root, "two slices share one position (duplicate slices)", "remove the duplicates")
+    if gaps.max() - gaps.min() > tolerance_mm:
+        raise DataError(root, f"the series has mixed slice spacing ({gaps.min():.3f} to {gaps.max():.3f} mm)",
+                        "resample it to a uniform spacing or split it into uniform parts")
+    ordered = [slices[i] for i in order]
+    data = np.concatenate([s.data for s in ordered], axis=0)
+    spacing = (float(gaps.mean()), *first.spacing[1:])
+    g0 = ordered[0].geometry
+    affine = None
+    if g0.affine is not None:
+        affine = g0.affine.copy()
+        step = np.asarray([float(v) for v in ipp[order[1]]]) - np.asarray([float(v) for v in ipp[order[0]]])
+        affine[:3, 0] = np.diag([-1.0, -1.0, 1.0]) @ step
+    extra = dict(g0.extra, n_slices=len(ordered), files=[str(files[i]) for i in order])
+    geometry = Geometry(kind="dicom", layout=("z", "y", "x"), spacing=spacing, affine=affine, header=g0.header,
+                        extra=extra)
+    return ArrayFile(root, data, geometry)
 
 
 registry.register(registry.FileFormat(

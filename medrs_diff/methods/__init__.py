@@ -4,10 +4,12 @@ discriminative baselines; all share the contract in :mod:`.base`."""
 from .anoddpm import AnoDDPM
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
+from .bcdpm import BCDPM
 from .ddfm import DDFM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
+from .regression_unet import RegressionUNet
 from .segdiff import SegDiff
 from .srdiff import SRDiff
 
@@ -22,10 +24,12 @@ METHODS: dict[str, type[Method]] = {
     "regression_sr": RegressionSR,
     "ddfm": DDFM,
     "anoddpm": AnoDDPM,
+    "bcdpm": BCDPM,
+    "regression_unet": RegressionUNet,
 }
 
 __all__ = [
-    "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method",
-    "RegressionSR",
+    "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
+    "Method", "RegressionSR", "RegressionUNet",
     "SMPUNet", "SRDiff", "SegDiff",
 ]

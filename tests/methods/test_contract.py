@@ -33,6 +33,9 @@ TINY = {
                  norm_num_groups=8, timesteps=100),
     "anoddpm": dict(in_channels=2, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
                     num_head_channels=16, norm_num_groups=8, lam=20, threshold=0.5),
+    "bcdpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
+                  norm_num_groups=8, timesteps=100),
+    "regression_unet": dict(channels=(8, 16), num_res_units=1),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -103,6 +106,10 @@ def test_io_specs_declare_inputs_outputs_and_grid():
     assert specs["ddfm"] == IOSpec({"image": 2}, sr_out, 2, 1, "image", (), {"size_multiple": 2})
     assert specs["anoddpm"] == IOSpec({"image": 2}, ("anomaly_map", "reconstruction", "mask"), 2, 1, "anomaly",
                                       ("reconstruction",), {"size_multiple": 2, "label_outputs": ("mask",)})
+    # BC-DPM: two UNet levels and the 4x4 low band of the condition block
+    assert specs["bcdpm"] == IOSpec({"cond": 1}, sr_out, 2, 1, "image", ("prediction",), {"size_multiple": 4})
+    assert specs["regression_unet"] == IOSpec({"cond": 1}, sr_out, 2, 1, "image", ("prediction",),
+                                              {"size_multiple": 2})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -125,6 +132,8 @@ def test_predict_returns_every_declared_output():
         "regression_sr": {"cond": torch.randn(2, 3, 8, 8)},
         "ddfm": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
         "anoddpm": {"image": torch.randn(2, 2, 16, 16)},
+        "bcdpm": {"cond": torch.randn(2, 1, 16, 16).clamp(-1, 1)},
+        "regression_unet": {"cond": torch.randn(2, 1, 16, 16)},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
