@@ -6,6 +6,7 @@ from .baselines import RegressionSR, SMPUNet
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
+from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .segdiff import SegDiff
 from .srdiff import SRDiff
 
@@ -18,9 +19,11 @@ METHODS: dict[str, type[Method]] = {
     "srdiff": SRDiff,
     "smp_unet": SMPUNet,
     "regression_sr": RegressionSR,
+    "retinal_mask_ddpm": RetinalMaskDDPM,
+    "retinal_image_ddpm": RetinalImageDDPM,
 }
 
 __all__ = [
     "EIDDPM", "METHODS", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2", "Method", "RegressionSR",
-    "SMPUNet", "SRDiff", "SegDiff",
+    "RetinalImageDDPM", "RetinalMaskDDPM", "SMPUNet", "SRDiff", "SegDiff",
 ]

@@ -29,6 +29,10 @@ TINY = {
                           ssformer_heads=2),
     "eiddpm": dict(in_channels=2, num_classes=2, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
                    num_head_channels=16, norm_num_groups=8, timesteps=100),
+    "retinal_mask_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
+                              num_head_channels=16, norm_num_groups=8, timesteps=50),
+    "retinal_image_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
+                               num_head_channels=16, norm_num_groups=8, timesteps=50),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}}
@@ -96,6 +100,9 @@ def test_io_specs_declare_inputs_outputs_and_grid():
     assert specs["eiddpm"] == IOSpec({"image": 2}, (*seg_out, "conflict", "reliability", "branch_uncertainty",
                                                     *branches), 2, 1, "seg", (),
                                      {"size_multiple": 2, "label_outputs": ("prediction", *branches)})
+    assert specs["retinal_mask_ddpm"] == IOSpec({"label": 1}, ("prediction",), 2, 1, "seg", (), {"size_multiple": 2})
+    assert specs["retinal_image_ddpm"] == IOSpec({"label": 1}, ("prediction",), 2, 1, "image", ("prediction",),
+                                                 {"size_multiple": 2})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -116,6 +123,8 @@ def test_predict_returns_every_declared_output():
         "eiddpm": {"image": torch.randn(2, 2, 16, 16)},
         "srdiff": {"cond": torch.randn(2, 3, 8, 8)},
         "regression_sr": {"cond": torch.randn(2, 3, 8, 8)},
+        "retinal_mask_ddpm": {"label": torch.zeros(2, 1, 16, 16)},
+        "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
