@@ -20,11 +20,13 @@ Facts kept from the paper and its code (``../shared/reference/medical.md`` secti
   inside it. The FOV is the batch's ``fov`` when it has one (training, validation), else a centred disc of
   radius ``fov_radius`` x the image width (:func:`medrs_diff.data.retina_phantoms.circular_fov`).
 
-Not (yet) here: the paper's light UNet (two down stages, each followed by a locality-self-attention
-transformer block, conv bottleneck, 256-d sinusoidal time embedding); both models use the project's
-:class:`~medrs_diff.nets.unet.ConditionedUNet` (MONAI ``DiffusionModelUNet``) instead. The code's re-stepping
-of a batch (up to 5 optimizer steps while its loss exceeds the running minimum) and the least-squares
-PatchGAN filter of the outputs are not implemented either.
+Nets (``net``): ``light_unet`` (default, the paper's) is :class:`~medrs_diff.nets.light_unet.LightUNet`: two down
+stages (``channels`` has three widths), each followed by a locality-self-attention transformer block (``lsa_heads``
+heads, tokens of ``attention_patch``^2 pixels), a conv bottleneck and a 256-d sinusoidal time embedding;
+``monai`` is the project's :class:`~medrs_diff.nets.unet.ConditionedUNet` (MONAI ``DiffusionModelUNet``, with
+``attention_levels``, ``num_res_blocks``, ``num_head_channels``). ``channels`` null takes each net's default.
+Not implemented: the code's re-stepping of a batch (up to 5 optimizer steps while its loss exceeds the running
+minimum) and the least-squares PatchGAN filter of the outputs.
 """
 
 from __future__ import annotations
@@ -44,12 +46,15 @@ from ..diffusion.process import check_spatial, q_sample
 from ..diffusion.schedules import Schedule, make_schedule, schedule_from_betas
 from ..errors import ArgumentError, DataError
 from ..metrics import psnr
+from ..nets.light_unet import LightUNet
 from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
 from .base import PSNR_CAP_DB, DiffusionMethod, check_sampler
 
 #: Batch key of the field of view (as :mod:`medrs_diff.datamodules.clinical2d` names it).
 FOV = "fov"
+#: ``net`` values and each one's default ``channels``.
+RETINAL_NETS = {"light_unet": (64, 128, 256), "monai": (64, 128, 128, 256)}
 #: ``schedule`` values: the paper's linear betas, or the official code's cosine-shaped ones.
 RETINAL_SCHEDULES = ("linear", "retree_code")
 
@@ -107,9 +112,10 @@ class _RetinalDDPM(DiffusionMethod):
 
     spatial_dims = 2
 
-    def _setup(self, *, data_channels: int, cond_channels: int, channels: Sequence[int],
-               attention_levels: Sequence[bool], num_res_blocks: int, num_head_channels: int, norm_num_groups: int,
-               timesteps: int, schedule: str, sampler: str, sampling_steps: int | None, fov_radius: float) -> None:
+    def _setup(self, *, data_channels: int, cond_channels: int, net: str, channels: Sequence[int] | None,
+               attention_levels: Sequence[bool] | None, num_res_blocks: int, num_head_channels: int,
+               norm_num_groups: int, lsa_heads: int, attention_patch: int, timesteps: int, schedule: str, sampler: str,
+               sampling_steps: int | None, fov_radius: float) -> None:
         check_sampler(sampler)
         if sampling_steps is not None and sampling_steps < 1:
             raise ArgumentError("sampling_steps", f"must be >= 1 or null, got {sampling_steps}",
@@ -117,16 +123,35 @@ class _RetinalDDPM(DiffusionMethod):
         if not 0 < fov_radius <= 1:
             raise ArgumentError("fov_radius", f"must lie in (0, 1], got {fov_radius}",
                                 f"give the FOV radius as a fraction of the image width (default {FOV_RADIUS})")
-        if len(attention_levels) != len(channels):
-            raise ArgumentError("attention_levels", f"{len(attention_levels)} values for {len(channels)} levels",
-                                "give one attention flag per entry of channels")
-        self.unet = ConditionedUNet(2, data_channels, data_channels, channels, attention_levels, num_res_blocks,
-                                    num_head_channels, norm_num_groups, cond_channels=cond_channels)
+        if net not in RETINAL_NETS:
+            raise ArgumentError("net", f"unknown net {net!r}", f"choose one of {', '.join(RETINAL_NETS)} "
+                                "(paper: light_unet)")
+        ch = tuple(RETINAL_NETS[net] if channels is None else channels)
+        if len(ch) < 2 or any(int(c) < 1 for c in ch):
+            raise ArgumentError("channels", f"needs two or more positive widths, got {list(ch)}",
+                                "e.g. [64, 128, 256] (light_unet: input width and one per down stage)")
+        if net == "light_unet":
+            if lsa_heads < 1 or any(int(c) * attention_patch**2 % lsa_heads for c in ch[1:]):
+                raise ArgumentError("lsa_heads", f"{lsa_heads} heads do not split the attention widths "
+                                    f"{[int(c) * attention_patch**2 for c in ch[1:]]}",
+                                    "choose a head count dividing every down-stage width")
+            if attention_patch < 1:
+                raise ArgumentError("attention_patch", f"must be >= 1, got {attention_patch}",
+                                    "use 1 (one token per pixel) or a small patch size such as 2")
+            self.unet = LightUNet(data_channels, data_channels, ch, cond_channels=cond_channels, heads=lsa_heads,
+                                  attention_patch=attention_patch, norm_num_groups=norm_num_groups)
+        else:
+            levels = (False,) * (len(ch) - 1) + (True,) if attention_levels is None else tuple(attention_levels)
+            if len(levels) != len(ch):
+                raise ArgumentError("attention_levels", f"{len(levels)} values for {len(ch)} levels",
+                                    "give one attention flag per entry of channels")
+            self.unet = ConditionedUNet(2, data_channels, data_channels, ch, levels, num_res_blocks,
+                                        num_head_channels, norm_num_groups, cond_channels=cond_channels)
         self.schedule = retinal_schedule(schedule, timesteps)
         self.sampler, self.sampling_steps, self.fov_radius = sampler, sampling_steps, float(fov_radius)
 
     @property
-    def denoiser(self) -> ConditionedUNet:
+    def denoiser(self) -> LightUNet | ConditionedUNet:
         return self.unet
 
     @property
@@ -170,11 +195,14 @@ class RetinalMaskDDPM(_RetinalDDPM):
 
     def __init__(
         self,
-        channels: Sequence[int] = (64, 128, 128, 256),
-        attention_levels: Sequence[bool] = (False, False, True, True),
+        net: str = "light_unet",
+        channels: Sequence[int] | None = None,
+        attention_levels: Sequence[bool] | None = None,
         num_res_blocks: int = 2,
         num_head_channels: int = 32,
-        norm_num_groups: int = 32,
+        norm_num_groups: int = 8,
+        lsa_heads: int = 4,
+        attention_patch: int = 1,
         timesteps: int = 1000,
         schedule: str = "linear",
         sampler: str = "ddpm",
@@ -182,10 +210,11 @@ class RetinalMaskDDPM(_RetinalDDPM):
         fov_radius: float = FOV_RADIUS,
     ) -> None:
         super().__init__()
-        self._setup(data_channels=1, cond_channels=0, channels=channels, attention_levels=attention_levels,
+        self._setup(data_channels=1, cond_channels=0, net=net, channels=channels, attention_levels=attention_levels,
                     num_res_blocks=num_res_blocks, num_head_channels=num_head_channels,
-                    norm_num_groups=norm_num_groups, timesteps=timesteps, schedule=schedule, sampler=sampler,
-                    sampling_steps=sampling_steps, fov_radius=fov_radius)
+                    norm_num_groups=norm_num_groups, lsa_heads=lsa_heads, attention_patch=attention_patch,
+                    timesteps=timesteps, schedule=schedule, sampler=sampler, sampling_steps=sampling_steps,
+                    fov_radius=fov_radius)
 
     def _shape_source(self, batch: Mapping[str, Any]) -> Tensor:
         for key in (LABEL, FOV, IMAGE):
@@ -251,11 +280,14 @@ class RetinalImageDDPM(_RetinalDDPM):
 
     def __init__(
         self,
-        channels: Sequence[int] = (64, 128, 128, 256),
-        attention_levels: Sequence[bool] = (False, False, True, True),
+        net: str = "light_unet",
+        channels: Sequence[int] | None = None,
+        attention_levels: Sequence[bool] | None = None,
         num_res_blocks: int = 2,
         num_head_channels: int = 32,
-        norm_num_groups: int = 32,
+        norm_num_groups: int = 8,
+        lsa_heads: int = 4,
+        attention_patch: int = 1,
         timesteps: int = 1000,
         schedule: str = "linear",
         sampler: str = "ddpm",
@@ -267,10 +299,11 @@ class RetinalImageDDPM(_RetinalDDPM):
         if image_channels < 1:
             raise ArgumentError("image_channels", f"must be >= 1, got {image_channels}", "use 3 for RGB fundus images")
         self.out_channels = int(image_channels)
-        self._setup(data_channels=self.out_channels, cond_channels=1, channels=channels,
+        self._setup(data_channels=self.out_channels, cond_channels=1, net=net, channels=channels,
                     attention_levels=attention_levels, num_res_blocks=num_res_blocks,
-                    num_head_channels=num_head_channels, norm_num_groups=norm_num_groups, timesteps=timesteps,
-                    schedule=schedule, sampler=sampler, sampling_steps=sampling_steps, fov_radius=fov_radius)
+                    num_head_channels=num_head_channels, norm_num_groups=norm_num_groups, lsa_heads=lsa_heads,
+                    attention_patch=attention_patch, timesteps=timesteps, schedule=schedule, sampler=sampler,
+                    sampling_steps=sampling_steps, fov_radius=fov_radius)
 
     def _mask(self, batch: Mapping[str, Any]) -> Tensor:
         label = batch.get(LABEL)

@@ -22,8 +22,9 @@ from medrs_diff.methods import RetinalImageDDPM, RetinalMaskDDPM
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 SIZE, N_TRAIN, N_DRAW = 32, 48, 16
-NET = dict(channels=(16, 32, 32), attention_levels=(False, False, False), num_res_blocks=1, num_head_channels=16,
-           norm_num_groups=8, timesteps=1000)
+#: the MONAI net (measured with these thresholds); the light UNet has its own unit tests (test_light_unet.py)
+NET = dict(net="monai", channels=(16, 32, 32), attention_levels=(False, False, False), num_res_blocks=1,
+           num_head_channels=16, norm_num_groups=8, timesteps=1000)
 
 
 @pytest.fixture(scope="module")
