@@ -16,6 +16,8 @@ Default: everything on vessel-tree phantoms (``medrs_diff.data.retina_phantoms``
 
     python evaluation/retinal_downstream.py --out-dir /tmp/downstream            # the note's table
     python evaluation/retinal_downstream.py --smoke                              # 2 steps each, a quick check
+    python evaluation/retinal_downstream.py --real-root ../shared/data/fundus_hrf --resize 96 144 \
+        --mask-checkpoint MASK.ckpt --image-checkpoint IMAGE.ckpt --n-test 3     # real HRF (trained DDPMs)
 
 Writes ``<out-dir>/downstream.md`` and ``downstream.json``.
 """
@@ -51,9 +53,13 @@ def write_real(root: Path, n: int, size: int, seed: int) -> list[str]:
     return sorted(p.stem for p in (root / "images").iterdir())
 
 
-def fit(recipe: str, work: Path, name: str, data: dict[str, Any], method: dict[str, Any], steps: int) -> Path:
-    """Fit a packaged recipe with overrides for ``steps`` steps, no validation; returns the last checkpoint."""
+def fit(recipe: str, work: Path, name: str, data: dict[str, Any], method: dict[str, Any], steps: int,
+        lr: float | None = None) -> Path:
+    """Fit a packaged recipe with overrides for ``steps`` steps (and ``lr``), no validation; returns the last
+    checkpoint."""
     cfg = yaml.safe_load(resolve_recipe(recipe).read_text())
+    if lr is not None:
+        cfg["model"]["init_args"]["lr"] = float(lr)
     cfg["data"]["init_args"].update(data)
     cfg["data"]["init_args"].pop("phantoms", None)
     cfg["data"]["init_args"].pop("phantom_kind", None)
@@ -85,9 +91,9 @@ def merged(real: Path, synth: Path, train_stems: list[str], out: Path) -> Path:
     return out
 
 
-def score(ckpt: Path, real: Path, test: list[str], size: int, seed: int) -> dict[str, float]:
+def score(ckpt: Path, real: Path, test: list[str], size: list[int], seed: int) -> dict[str, float]:
     """Mean FOV scores of the held-out real cases segmented through the Predictor."""
-    dm = Clinical2DSegmentationDataModule(str(real), layout="hrf", resize=[size, size], val_cases=test)
+    dm = Clinical2DSegmentationDataModule(str(real), layout="hrf", resize=list(size), val_cases=test)
     dm.setup("fit")
     predictor = Predictor.from_checkpoint(ckpt)
     per = []
@@ -103,11 +109,15 @@ def score(ckpt: Path, real: Path, test: list[str], size: int, seed: int) -> dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="downstream_out")
-    p.add_argument("--size", type=int, default=48)
+    p.add_argument("--size", type=int, default=48, help="phantom size (square)")
+    p.add_argument("--real-root", default=None, help="real pairs in the HRF layout instead of phantoms")
+    p.add_argument("--resize", type=int, nargs=2, default=None, help="H W (default: --size --size)")
     p.add_argument("--n-real", type=int, default=16)
     p.add_argument("--n-test", type=int, default=4)
     p.add_argument("--n-synth", type=int, default=32)
     p.add_argument("--ddpm-steps", type=int, default=800)
+    p.add_argument("--ddpm-lr", type=float, default=2e-3,
+                   help="DDPM learning rate (default 2e-3 for short CPU runs; the recipes' 2e-4 needs far more steps)")
     p.add_argument("--seg-steps", type=int, default=300)
     p.add_argument("--net", default="monai", choices=("monai", "light_unet"))
     p.add_argument("--sampler", default="ddpm")
@@ -122,37 +132,44 @@ def main() -> None:
     work = Path(args.out_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    stems = write_real(work / "real", args.n_real + args.n_test, args.size, args.seed)
+    hw = list(args.resize) if args.resize else [args.size, args.size]
+    if args.real_root:
+        real_root = Path(args.real_root)
+        stems = sorted(p.stem for p in (real_root / "images").iterdir() if not p.name.startswith("."))
+    else:
+        real_root = work / "real"
+        stems = write_real(real_root, args.n_real + args.n_test, args.size, args.seed)
     test, train_stems = stems[-args.n_test:], stems[:-args.n_test]
     monai = {"net": "monai", "channels": [16, 32, 32], "attention_levels": [False, False, False],
              "num_res_blocks": 1, "num_head_channels": 16}
     method = monai if args.net == "monai" else {}
-    data = {"root": str(work / "real"), "resize": [args.size, args.size], "val_cases": test, "batch_size": 8}
+    data = {"root": str(real_root), "resize": hw, "val_cases": test, "batch_size": 8}
     mask_ckpt = args.mask_checkpoint or fit("retinal_mask_ddpm_hrf_phantom", work, "mask_ddpm", data, method,
-                                            args.ddpm_steps)
+                                            args.ddpm_steps, args.ddpm_lr)
     image_ckpt = args.image_checkpoint or fit("retinal_image_ddpm_hrf_phantom", work, "image_ddpm", data, method,
-                                              args.ddpm_steps)
+                                              args.ddpm_steps, args.ddpm_lr)
     t_ddpm = time.perf_counter() - t0
     synth = work / "synth"
     generate_pairs(mask_ckpt, synth, args.n_synth, image_checkpoint=image_ckpt, seed=args.seed,
-                   sampler=args.sampler, steps=args.steps, size=(args.size, args.size), batch=8)
+                   sampler=args.sampler, steps=args.steps, size=tuple(hw), batch=8)
     t_gen = time.perf_counter() - t0 - t_ddpm
-    both = merged(work / "real", synth, train_stems, work / "both")
-    seg_data = {"resize": [args.size, args.size], "patch_size": [32, 32], "samples_per_epoch": 64,
+    both = merged(real_root, synth, train_stems, work / "both")
+    seg_data = {"resize": hw, "patch_size": [32, 32], "samples_per_epoch": 64,
                 "batch_size": 8}
-    sets = {"real": (work / "real", test), "synthetic": (synth, [f"synth_{args.n_synth - 1:05d}"]),
+    sets = {"real": (real_root, test), "synthetic": (synth, [f"synth_{args.n_synth - 1:05d}"]),
             "real + synthetic": (both, [f"synth_{args.n_synth - 1:05d}"])}
     rows = {}
     for name, (root, held) in sets.items():
         ckpt = fit("smp_unet_fundus_phantom", work, "seg_" + name.replace(" + ", "_"),
                    {**seg_data, "root": str(root), "val_cases": held}, {}, args.seg_steps)
-        rows[name] = score(ckpt, work / "real", test, args.size, args.seed)
+        rows[name] = score(ckpt, real_root, test, hw, args.seed)
     lines = ["| training pairs | " + " | ".join(SCORES) + " |", "|---" * (len(SCORES) + 1) + "|"]
     lines += [f"| {k} | " + " | ".join(f"{v[s]:.3f}" for s in SCORES) + " |" for k, v in rows.items()]
-    head = (f"Retinal dual model downstream on phantoms: {args.size} x {args.size}, {len(train_stems)} real training "
+    data_name = args.real_root or "phantoms"
+    head = (f"Retinal dual model downstream on {data_name}: {hw[0]} x {hw[1]}, {len(train_stems)} real training "
             f"pairs, {args.n_synth} synthetic, {len(test)} held-out real test cases; DDPMs ({args.net}) "
-            f"{args.ddpm_steps} steps each, generate {args.sampler} {args.steps} steps, smp UNet {args.seg_steps} "
-            f"steps. Scores inside the FOV (mean over test cases). DDPM training {t_ddpm:.0f} s, generation "
+            f"{args.ddpm_steps} steps each (lr {args.ddpm_lr:g}), generate {args.sampler} {args.steps} steps, "
+            f"smp UNet {args.seg_steps} steps. Scores inside the FOV (mean over test cases). DDPM training {t_ddpm:.0f} s, generation "
             f"{t_gen:.0f} s, total {time.perf_counter() - t0:.0f} s.")
     (work / "downstream.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
     (work / "downstream.json").write_text(json.dumps({"settings": vars(args), "scores": rows}, indent=2) + "\n")
