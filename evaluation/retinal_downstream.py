@@ -169,8 +169,8 @@ def main() -> None:
     head = (f"Retinal dual model downstream on {data_name}: {hw[0]} x {hw[1]}, {len(train_stems)} real training "
             f"pairs, {args.n_synth} synthetic, {len(test)} held-out real test cases; DDPMs ({args.net}) "
             f"{args.ddpm_steps} steps each (lr {args.ddpm_lr:g}), generate {args.sampler} {args.steps} steps, "
-            f"smp UNet {args.seg_steps} steps. Scores inside the FOV (mean over test cases). DDPM training {t_ddpm:.0f} s, generation "
-            f"{t_gen:.0f} s, total {time.perf_counter() - t0:.0f} s.")
+            f"smp UNet {args.seg_steps} steps. Scores inside the FOV (mean over test cases). DDPM training "
+            f"{t_ddpm:.0f} s, generation {t_gen:.0f} s, total {time.perf_counter() - t0:.0f} s.")
     (work / "downstream.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
     (work / "downstream.json").write_text(json.dumps({"settings": vars(args), "scores": rows}, indent=2) + "\n")
     print(head)
