@@ -3,6 +3,7 @@
 ``fit / validate / test / predict --config RECIPE`` run LightningCLI on a recipe (a YAML file or a
 packaged recipe by name, the TorchGeo convention); ``infer`` runs a checkpoint over files (NIfTI,
 GeoTIFF, PNG / JPEG, ...), writing every output the method declares on the input's grid;
+``generate`` writes synthetic vessel-mask / fundus pairs from the retinal dual model's checkpoints;
 ``evaluate`` scores predictions; ``list`` shows methods, recipes and samplers; ``quickstart`` trains,
 infers and evaluates SegDiff and SRDiff end to end; ``samplers`` prints the engine's accuracy table.
 
@@ -52,6 +53,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate_args import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
@@ -62,6 +70,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every command except the LightningCLI ones (listed as stubs)."""
     from .evaluate_args import add_arguments as add_evaluate_arguments
+    from .generate_args import add_arguments as add_generate_arguments
     from .infer_args import add_arguments as add_infer_arguments
 
     parser = argparse.ArgumentParser(
@@ -78,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="run a checkpoint over files (tiled, on the input's grid, every output)")
     add_infer_arguments(p)
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("generate", help="synthetic vessel masks and fundus images from the retinal dual model")
+    add_generate_arguments(p)
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("evaluate", help="metrics of predictions against references (files or folders)")
     add_evaluate_arguments(p)

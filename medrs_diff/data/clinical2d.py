@@ -302,7 +302,8 @@ def phantom_case(kind: str, rng: np.random.Generator, size: Sequence[int]) -> tu
 
     ``kind``: ``"fundus"`` (vessel lines on a disc field of view, classes {0, 1}), ``"dermoscopy"`` (a dark
     lesion on skin), ``"endoscopy"`` (a red polyp on mucosa), ``"disc_cup"`` (fundus with an optic disc whose
-    rim is class 1 and cup class 2).
+    rim is class 1 and cup class 2), ``"retina"`` (branching vessel trees with calibre tapering on a rendered
+    fundus in a circular field of view, :func:`medrs_diff.data.retina_phantoms.retina_case`).
     """
     h, w = int(size[0]), int(size[1])
     fov = None
@@ -315,6 +316,11 @@ def phantom_case(kind: str, rng: np.random.Generator, size: Sequence[int]) -> tu
     elif kind == "endoscopy":
         rgb, fg = _blob(rng, h, w, (0.8, 0.45, 0.4), (0.6, 0.15, 0.15))
         classes = fg.astype(np.uint8)
+    elif kind == "retina":  # branching, tapering vessel trees in a circular FOV (medrs_diff.data.retina_phantoms)
+        from .retina_phantoms import retina_case
+
+        case = retina_case(rng, (h, w))
+        return case.rgb, case.vessels.astype(np.uint8), case.fov
     elif kind == "disc_cup":
         rgb, _, _ = _fundus(rng, h, w)
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)

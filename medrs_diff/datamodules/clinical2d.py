@@ -70,6 +70,8 @@ FOV = "fov"
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 #: REFUGE ground truth: 255 background, 128 optic disc (rim), 0 optic cup -> classes 0, 1, 2.
 REFUGE_LABEL_MAP = {255: 0, 128: 1, 0: 2}
+#: ``phantom_kind`` values (None: the layout's own kind); ``retina``: vessel trees of the retinal dual model.
+PHANTOM_KINDS = ("fundus", "retina", "dermoscopy", "endoscopy", "disc_cup")
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,8 @@ class Clinical2DSegmentationDataModule(DictDataModule):
     ``setup`` scans every mask and FOV file once (cached by path, mtime and size) and stops on a bad one before
     any training. The last ``val_fraction`` of the cases (sorted by image file name) validate, or exactly the
     ``val_cases`` (file names or stems). ``phantoms`` N fills an empty ``root`` with N synthetic cases in the
-    chosen layout (JPEG images, PNG / TIFF masks) first: the CI twin of a real dataset.
+    chosen layout (JPEG images, PNG / TIFF masks) first: the CI twin of a real dataset; ``phantom_kind``
+    (``retina``: branching vessel trees in a circular FOV, ...) replaces the layout's own kind of phantom.
     """
 
     def __init__(
@@ -426,6 +429,7 @@ class Clinical2DSegmentationDataModule(DictDataModule):
         phantoms: int = 0,
         phantom_size: list[int] | None = None,
         phantom_seed: int = 0,
+        phantom_kind: str | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -468,6 +472,10 @@ class Clinical2DSegmentationDataModule(DictDataModule):
         self.check_files, self.cache = check_files, cache
         self.phantoms, self.phantom_seed = int(phantoms), phantom_seed
         self.phantom_size = _pair(phantom_size, "phantom_size") or (64, 64)
+        if phantom_kind is not None and phantom_kind not in PHANTOM_KINDS:
+            raise ArgumentError("phantom_kind", f"unknown phantom kind {phantom_kind!r}",
+                                f"choose one of {', '.join(PHANTOM_KINDS)}, or null for the layout's own")
+        self.phantom_kind = phantom_kind
 
     @property
     def num_classes(self) -> int:
@@ -518,10 +526,11 @@ class Clinical2DSegmentationDataModule(DictDataModule):
         if self.rule.label_map is not None:
             for v, c in self.rule.label_map:
                 inverse.setdefault(c, v)
-        kind = lay.phantom if self.rule.num_classes == (3 if lay.phantom == "disc_cup" else 2) else None
+        wanted = self.phantom_kind or lay.phantom
+        kind = wanted if self.rule.num_classes == (3 if wanted == "disc_cup" else 2) else None
         if kind is None:
             raise ArgumentError("phantoms", f"the {self.layout_name!r} phantoms have "
-                                f"{3 if lay.phantom == 'disc_cup' else 2} classes, the module declares "
+                                f"{3 if wanted == 'disc_cup' else 2} classes, the module declares "
                                 f"{self.rule.num_classes}", "drop the class arguments for phantoms, or use real data")
         rng = np.random.default_rng(self.phantom_seed)
         for i in range(1, self.phantoms + 1):

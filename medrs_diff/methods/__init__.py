@@ -10,6 +10,7 @@ from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .regression_unet import RegressionUNet
+from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .segdiff import SegDiff
 from .srdiff import SRDiff
 
@@ -26,10 +27,12 @@ METHODS: dict[str, type[Method]] = {
     "anoddpm": AnoDDPM,
     "bcdpm": BCDPM,
     "regression_unet": RegressionUNet,
+    "retinal_mask_ddpm": RetinalMaskDDPM,
+    "retinal_image_ddpm": RetinalImageDDPM,
 }
 
 __all__ = [
     "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
-    "Method", "RegressionSR", "RegressionUNet",
+    "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
     "SMPUNet", "SRDiff", "SegDiff",
 ]
