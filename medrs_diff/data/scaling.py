@@ -190,16 +190,34 @@ _NAMED: dict[str, Callable[[Array], Scaling]] = {
 
 
 def resolve(spec: ScalingSpec, x: Array | None = None) -> Scaling:
-    """Turn a scaling spec (Scaling, name such as ``"ct"``/``"mri"``/``"pet"``, or callable) into a Scaling."""
+    """Turn a scaling spec (Scaling, name such as ``"ct"``/``"mri"``/``"pet"``, or callable) into a Scaling.
+
+    ``"pet"`` is SUV [0, 10]; ``"pet:<max>"`` (e.g. ``"pet:30"``) the same onto [0, max], for tracers or lesions
+    above SUV 10, which ``"pet"`` clips."""
     if spec is None:
         return identity()
     if isinstance(spec, Scaling):
         return spec
     if isinstance(spec, str):
+        if spec.startswith("pet:"):
+            return pet_suv(_pet_max(spec))
         if spec not in _NAMED:
-            raise DataError(None, f"unknown scaling '{spec}'", f"use one of {sorted(_NAMED)} or a Scaling")
+            raise DataError(None, f"unknown scaling '{spec}'",
+                            f"use one of {sorted(_NAMED)}, 'pet:<max SUV>' (e.g. 'pet:30') or a Scaling")
         return _NAMED[spec](x)
     return spec(x)
+
+
+def _pet_max(spec: str) -> float:
+    """The upper end of a ``"pet:<max>"`` scaling name (a finite number > 0)."""
+    try:
+        hi = float(spec[4:])
+    except ValueError:
+        hi = float("nan")
+    if not (np.isfinite(hi) and hi > 0):
+        raise DataError(None, f"scaling '{spec}' does not end in a positive number",
+                        "write it as 'pet:<max SUV>', e.g. 'pet:30'")
+    return hi
 
 
 def mask_to_model(mask: Array) -> Array:

@@ -7,7 +7,8 @@ dose stops unless ``units: bqml``). Items are random patches (3-D) or random cro
 (2-D, the last array axis), drawn from ``(seed, epoch, index)``; the low dose is simulated on every
 item by counts thinning at ``dose_fraction`` with ``counts_per_unit`` counts per voxel per unit
 (:func:`medrs_diff.data.pet.simulate_low_dose`, never Gaussian noise). ``scaling`` maps units to model
-space (``"pet"``: SUV [0, 10] onto [-1, 1], fixed, so quantification transfers between scans).
+space (``"pet"``: SUV [0, 10] onto [-1, 1], fixed, so quantification transfers between scans;
+``"pet:<max>"`` another upper end: a volume with values above the range is warned about, naming the file).
 ``val_fraction: 0`` validates on fixed crops of the training files (a root with a single file). An
 empty ``root`` is filled with ``phantoms`` synthetic phantoms in SUV (:mod:`medrs_diff.data.pet_phantoms`).
 
@@ -18,6 +19,8 @@ space (the mask 0 / 1), and ``case`` (the file name).
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -177,8 +180,25 @@ class PETDoseDataModule(DictDataModule):
 
         def build(paths: list[Path], length: int, seed: int, fixed: bool) -> _PETPairs:
             loaded = [self._load(p) for p in paths]
+            for path, (vol, _) in zip(paths, loaded, strict=True):
+                warn_clipped(path, vol, scaling, self.scaling_name)
             return _PETPairs([v for v, _ in loaded], [m for _, m in loaded], [p.name for p in paths],
                              length=length, seed=seed, fixed=fixed, **common)
 
         self.train_dataset = build(train, self.samples_per_epoch, self.seed, False)
         self.val_dataset = build(val, self.val_samples * len(val), self.seed + 1, True)
+
+
+def warn_clipped(path: Path, volume: np.ndarray, scaling: Any, name: str) -> None:
+    """Warn, naming the file and the fix, when ``scaling`` clips values of a full-dose ``volume`` (lesions or
+    organs above the scaling's upper end would be flattened to it in training)."""
+    hi = getattr(scaling, "clip_max", None)
+    if hi is None:
+        return
+    hi = float(np.max(hi))
+    n = int((volume > hi).sum())
+    if n:
+        top = float(volume.max())
+        warnings.warn(f"{path}: {n} voxels ({n / volume.size:.3%}) above {hi:g} (max {top:.1f}) are clipped to {hi:g} "
+                      f"by scaling {name!r}. Fix: set data.init_args.scaling to 'pet:{math.ceil(top)}' to keep them",
+                      stacklevel=3)

@@ -600,8 +600,9 @@ class Predictor:
                     raise nonfinite_error(src, n_bad, shape[0] * shape[1], "pixel")
             return shape, True
         arr = io.read(src)
-        if self.scaling == "pet" and arr.geometry.extra.get("units") == "BQML":  # SUV model, Bq/mL file
-            raise DataError(src, "is PET in Bq/mL, but this model works in SUV (scaling 'pet')",
+        pet_model = isinstance(self.scaling, str) and (self.scaling == "pet" or self.scaling.startswith("pet:"))
+        if pet_model and arr.geometry.extra.get("units") == "BQML":  # SUV model, Bq/mL file
+            raise DataError(src, f"is PET in Bq/mL, but this model works in SUV (scaling {self.scaling!r})",
                             "convert it to SUV first (medrs_diff.data.pet.read_pet, then write a NIfTI)")
         data, _ = channel_first(np.asarray(arr.data), arr.geometry.layout, dims, src, channels)
         if np.issubdtype(data.dtype, np.floating):

@@ -210,3 +210,35 @@ def test_pet_data_module_pairs(tmp_path):
     with pytest.raises(DataError, match="no phantoms"):
         PETDoseDataModule(str(tmp_path / "empty")).setup("fit")
     shutil.rmtree(tmp_path / "d")
+
+
+def test_hot_voxels_above_the_scaling_range_are_warned_about_and_kept_with_a_wider_range(tmp_path):
+    """'pet' clips at SUV 10: a full-dose volume with a hotter lesion is named with the fix; 'pet:<max>' keeps it."""
+    import warnings
+
+    import torch
+
+    from medrs_diff.data.scaling import resolve
+    from medrs_diff.datamodules.pet import PETDoseDataModule
+    from medrs_diff.io.nifti import write_nifti
+
+    root = tmp_path / "hot"
+    root.mkdir()
+    vol = np.full((32, 32, 4), 1.0, np.float32)
+    vol[10:14, 10:14, :] = 23.5  # a lesion at SUV 23.5, 64 voxels of 4096
+    write_nifti(vol, root / "hot.nii.gz", np.eye(4))
+    (root / "hot.json").write_text(json.dumps({"Units": "SUV"}))
+    kw = dict(patch_size=32, samples_per_epoch=2, val_samples=1, val_fraction=0, batch_size=1)
+    with pytest.warns(UserWarning, match=r"hot\.nii\.gz: 64 voxels \(1\.562%\) above 10 \(max 23\.5\).*'pet:24'"):
+        PETDoseDataModule(str(root), **kw).setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm = PETDoseDataModule(str(root), scaling="pet:24", **kw)
+        dm.setup("fit")
+    item = dm.train_dataset[0]
+    assert float(((item["image"] + 1) * 12).max()) == pytest.approx(23.5, abs=1e-4)  # SUV [0, 24] -> [-1, 1]
+    s = resolve("pet:24")
+    torch.testing.assert_close(s.inverse(s.forward(torch.tensor([0.0, 23.5]))), torch.tensor([0.0, 23.5]))
+    for bad in ("pet:", "pet:-3", "pet:nan", "pet:x"):
+        with pytest.raises(DataError, match="does not end in a positive number"):
+            resolve(bad)
