@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
 from medrs_diff.data.brain_phantoms import brain_phantom_arrays
-from medrs_diff.evaluation.anoddpm_table import to_model_space, train_anoddpm
 from medrs_diff.metrics import anomaly_scores
+
+# the training loop and scaling of the lambda-table script (evaluation/anoddpm_table.py), so the test and the
+# table train the same way
+_SPEC = importlib.util.spec_from_file_location(
+    "anoddpm_table", Path(__file__).resolve().parents[2] / "evaluation" / "anoddpm_table.py")
+_TABLE = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_TABLE)
+to_model_space, train_anoddpm = _TABLE.to_model_space, _TABLE.train_anoddpm
 
 NET = dict(channels=[16, 32, 64], attention_levels=[False, False, False], num_res_blocks=1, num_head_channels=16,
            norm_num_groups=8)

@@ -1,6 +1,6 @@
 """AnoDDPM lambda table on brain phantoms, and a smoke run on real MRI without lesion labels.
 
-    OMP_NUM_THREADS=1 python -m medrs_diff.evaluation.anoddpm_table [--steps 1500] [--out DIR]
+    OMP_NUM_THREADS=1 python evaluation/anoddpm_table.py [--steps 1500] [--out DIR]
 
 Protocol (all from seeds): a tiny AnoDDPM (UNet [16, 32, 64], T = 1000 linear) is trained per noise type
 (simplex / Gaussian) on ``n_train`` healthy 32 x 32 phantoms; lesion phantoms with other anatomies are
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.brain_phantoms import brain_phantom_arrays
-from ..data.scaling import resolve
-from ..methods.anoddpm import AnoDDPM
-from ..metrics.anomaly import anomaly_scores, select_threshold
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medrs_diff.data.brain_phantoms import brain_phantom_arrays  # noqa: E402
+from medrs_diff.data.scaling import resolve  # noqa: E402
+from medrs_diff.methods.anoddpm import AnoDDPM  # noqa: E402
+from medrs_diff.metrics.anomaly import anomaly_scores, select_threshold  # noqa: E402
 
 SMALL_NET = {"channels": [16, 32, 64], "attention_levels": [False, False, False], "num_res_blocks": 1,
              "num_head_channels": 16, "norm_num_groups": 8}
@@ -206,7 +209,7 @@ def write_markdown(rows: list[dict[str, Any]], real: dict[str, Any], out: Path, 
              "lr 3e-3, 64 healthy training phantoms). Threshold chosen on 8 validation lesion phantoms (max pooled "
              "Dice); scores on 8 other test lesion phantoms (pooled pixels; unseen anatomies). Full ancestral chain "
              "of lambda steps. Measured on a shared 2-core CPU, one thread (`python -m "
-             "medrs_diff.evaluation.anoddpm_table --real`).",
+             "evaluation/anoddpm_table.py --real`).",
              "", "| noise | lambda | AUROC | AUPRC | Dice | IoU | Dice (per-image mean) | threshold | val AUROC |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
