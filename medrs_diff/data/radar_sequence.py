@@ -65,6 +65,8 @@ def read_radar(paths: str | os.PathLike | Sequence[str | os.PathLike], importer:
     through ``fn_pattern`` (strptime of the file stem) in ``importer_kwargs``, or the files' order with
     ``timestep_minutes``); ``pysteps:<name>`` forces the pysteps importer (e.g. ``pysteps:knmi_hdf5``).
     """
+    if not isinstance(paths, str | os.PathLike) and not list(paths):
+        raise DataError("paths", "no radar files given", "pass a folder or a non-empty list of files")
     if importer == "knmi_hdf5":
         da = read_knmi_hdf5(paths)
     else:

@@ -93,5 +93,7 @@ def test_read_radar_knmi_and_pysteps_importer_agree(shared_data):
     assert both.mean() > 0.2 and float(ours.values[both].max()) > 1.0
     # pysteps reads mm per 5 min (x12 -> mm/h); ours decodes the same calibration
     np.testing.assert_allclose(ps.values[both], ours.values[both], atol=1e-4)
+    with pytest.raises(DataError, match="paths: no radar files given"):
+        S.read_radar([])
     with pytest.raises(DataError, match="is not a pysteps importer"):
         S.read_radar(files, importer="nope")
