@@ -2,19 +2,21 @@
 
 Data: the 92 consecutive 5-minute KNMI composites of 2010-08-26 (``../shared/data/radar_knmi/2010/08``), read
 as mm/h by :func:`medrs_diff.data.radar_sequence.read_radar`. For a CPU-feasible run the 765x700 1-km grid
-is **cropped to rows 256:512, columns 256:512** (the 256x256 window fully inside radar range with the most
->= 1 mm/h rain in the first 60 frames; chosen on those frames only) and **averaged 2x2 to 128x128 at 2 km**.
+is **scored on rows 256:512, columns 256:512** (the 256x256 window fully inside radar range with the most
+>= 1 mm/h rain in the first 60 frames; chosen on those frames only), kept at 1 km (``--factor 2`` averages
+2x2). Forecasts are made on the larger box rows 192:576, columns 128:512 so that rain upwind of the scored
+window (it moves about 8 km per 5 minutes eastward here) can be advected into it.
 
 Split (issue 18): frames 0-59 are training / motion context, test windows come from frames 60-91 only:
 ``--past`` (4) past frames and ``--leads`` (12, i.e. 60 min) future frames, windows starting at frames
-60, 64, ... (``--stride`` 4) up to the last that fits; no test frame is in a training window
+60, 62, ... (``--stride`` 2) up to the last that fits; no test frame is in a training window
 (:func:`~medrs_diff.data.radar_sequence.split_windows`). The baselines need no training.
 
 Scores per lead time, contingency tables and FSS sums accumulated over all test windows (ratios taken once):
-CSI / POD / FAR / HSS at 0.5, 1, 5, 10 mm/h, FSS at 1 mm/h over 1, 4, 16 pixel (2, 8, 32 km) neighbourhoods
-(and at 5 mm/h), CRPS of the STEPS ensemble (pooled over pixels, mm/h). Deterministic scores of STEPS are
-those of its **ensemble mean** (row ``steps_mean``), kept apart from its CRPS. Seconds per forecast: mean
-wall time of one forecast (all leads; all members for STEPS) on this CPU.
+CSI / POD / FAR / HSS at 0.5, 1, 5, 10 mm/h, FSS at 1 mm/h over 1, 4, 16 pixel neighbourhoods
+(1, 4, 16 km at ``--factor 1``; and at 5 mm/h), CRPS of the STEPS ensemble (pooled over pixels, mm/h).
+Deterministic scores of STEPS are those of its **ensemble mean** (row ``steps_mean``), kept apart from its
+CRPS. Seconds per forecast: mean wall time of one forecast (all leads; all members for STEPS) on this CPU.
 
     OMP_NUM_THREADS=1 python evaluation/nowcast_knmi.py                    # writes evaluation/results/nowcast_knmi/
     python evaluation/nowcast_knmi.py --methods persistence extrapolation --members 4 --out-dir /tmp/nc
@@ -47,7 +49,8 @@ from medrs_diff.metrics.crps import crps_sums  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "radar_knmi" / "2010" / "08"
-CROP = (slice(256, 512), slice(256, 512))
+CROP = (slice(256, 512), slice(256, 512))  # scored
+CONTEXT = (slice(192, 576), slice(128, 512))  # forecast on this larger box so rain can flow into CROP
 THRESHOLDS = (0.5, 1.0, 5.0, 10.0)
 SCALES = (1, 4, 16)
 CUT = 60
@@ -65,10 +68,10 @@ FORECASTERS: dict[str, Callable[..., xr.DataArray]] = {
     "sprog": _baseline("sprog"), "steps": _baseline("steps")}
 
 
-def load(folder: Path, factor: int = 2) -> xr.DataArray:
-    """The KNMI sequence, cropped to ``CROP`` and averaged ``factor`` x ``factor``."""
+def load(folder: Path, factor: int = 1, box: tuple[slice, slice] = CONTEXT) -> xr.DataArray:
+    """The KNMI sequence, cropped to ``box`` and averaged ``factor`` x ``factor``."""
     da = read_radar(folder)
-    da = da.isel(y=CROP[0], x=CROP[1])
+    da = da.isel(y=box[0], x=box[1])
     out = da.coarsen(y=factor, x=factor).mean()
     out.attrs = dict(da.attrs)
     out.attrs.pop("files", None)
@@ -131,8 +134,9 @@ def plot_scores(scores: dict, leads: list[int], step: float, out: Path) -> Path:
     minutes = np.asarray(leads) * step
     for ax, key in zip(axes, keys):
         for m, r in scores.items():
-            if key in r:
-                ax.plot(minutes, r[key], marker="o", ms=3, label=m)
+            if key in r:  # one colour per method (steps and steps_mean share it)
+                c = f"C{list(dict.fromkeys(k.removesuffix('_mean') for k in scores)).index(m.removesuffix('_mean'))}"
+                ax.plot(minutes, r[key], marker="o", ms=3, label=m, color=c)
         ax.set_title(key + (" (mm/h)" if key == "crps" else "")), ax.set_xlabel("lead (min)"), ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -168,9 +172,13 @@ def plot_panel(past: xr.DataArray, truth: np.ndarray, fcs: dict[str, xr.DataArra
             axes[r, c].axis("off")
     fig.tight_layout()
     path = out / "nowcast_knmi_panel.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=70)
     plt.close(fig)
     return path
+
+
+def truths_shape(inner: tuple[slice, slice]) -> str:
+    return f"{inner[0].stop - inner[0].start}x{inner[1].stop - inner[1].start}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(FORECASTERS))
     ap.add_argument("--past", type=int, default=4)
     ap.add_argument("--leads", type=int, default=12, help="number of 5-minute lead times")
-    ap.add_argument("--stride", type=int, default=4, help="frames between test-window starts")
+    ap.add_argument("--stride", type=int, default=2, help="frames between test-window starts")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--factor", type=int, default=2, help="average factor x factor pixels of the crop")
+    ap.add_argument("--factor", type=int, default=1, help="average factor x factor pixels of the crop")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "evaluation" / "results" / "nowcast_knmi")
     a = ap.parse_args(argv)
     try:
@@ -198,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     leads = list(range(1, a.leads + 1))
+    inner = tuple(slice((c.start - b.start) // a.factor, (c.stop - b.start) // a.factor) for c, b in zip(CROP, CONTEXT))
     step = float(da.attrs["timestep_minutes"])
     times = da["time"].values
-    info = (f"Grid: rows 256:512, columns 256:512 of the 765x700 1-km KNMI grid, averaged {a.factor}x{a.factor} "
-            f"to {da.sizes['y']}x{da.sizes['x']} ({a.factor} km). Frames 0-{CUT - 1} training/motion context "
+    info = (f"Grid: forecasts made on rows 192:576, columns 128:512 of the 765x700 1-km KNMI grid (upwind "
+            f"context), scored on rows 256:512, columns 256:512; averaged {a.factor}x{a.factor} (scored "
+            f"{truths_shape(inner)} pixels of {a.factor} km). Frames 0-{CUT - 1} training/motion context "
             f"(unused by the baselines); {len(split.test)} test windows of {a.past} past + {a.leads} future "
             f"frames starting at frames {split.test} (first target {str(times[split.test[0] + a.past])[:16]}, "
             f"last {str(times[split.test[-1] + a.past + a.leads - 1])[:16]}). STEPS: {a.members} members, seed "
@@ -214,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     truths = []
     for k, s in enumerate(split.test):
         past, fut = window(da, s, a.past, a.leads)
-        truths.append(fut.values)
+        truths.append(fut.values[:, inner[0], inner[1]])
         for m in a.methods:
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints its progress
-                forecasts[m].append(FORECASTERS[m](past, leads, a.seed + k, a.members))
+                fc = FORECASTERS[m](past, leads, a.seed + k, a.members)
+            forecasts[m].append(fc.isel(y=inner[0], x=inner[1]))
             seconds[m] = seconds.get(m, 0.0) + (time.perf_counter() - t0) / len(split.test)
         print(f"window {s}: " + ", ".join(f"{m} {forecasts[m][-1].attrs.get('seconds', 0):.1f}s" for m in a.methods),
               flush=True)
@@ -228,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_scores(scores, leads, step, a.out_dir)
     show = [lead for lead in (1, 3, 6, 12) if lead <= a.leads]
     past0, _ = window(da, split.test[0], a.past, a.leads)
-    plot_panel(past0, truths[0], {m: forecasts[m][0] for m in a.methods}, leads, show, step, a.out_dir)
+    plot_panel(past0.isel(y=inner[0], x=inner[1]), truths[0], {m: forecasts[m][0] for m in a.methods}, leads,
+               show, step, a.out_dir)
     print(table.read_text())
     return 0
 
