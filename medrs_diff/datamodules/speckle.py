@@ -13,8 +13,8 @@ with smooth texture). Each clean image is taken as **intensity** ``I`` and conve
 - ``intensity``: ``I * g``; ``amplitude``: ``sqrt(I * g)`` (the paper's amplitude convention).
 
 ``g ~ Gamma(looks, 1/looks)`` (:mod:`medrs_diff.data.speckle`; ``looks = 1``: single look). ``scaling``
-maps the domain's units to model space (``db``: -25..0 dB onto [-1, 1], clipped; pick e.g. ``minmax``-free
-fixed scalings such as ``none`` for intensity in [0, 1]). Items (random crops, seeded by
+maps the domain's units to model space (``db``: -25..0 dB onto [-1, 1], clipped; for ``intensity`` /
+``amplitude`` pick a fixed scaling of their range, e.g. ``none`` keeps [0, 1] as it is). Items (random crops, seeded by
 ``(seed, epoch, index)``): ``image`` (clean), ``cond`` (speckled), (1, p, p) float32 in model space, and
 ``case`` (the source name). Validation uses fixed crops and fixed speckle.
 """
@@ -32,7 +32,7 @@ from ..data.scaling import resolve
 from ..data.seeding import EpochAware, item_seed
 from ..data.speckle import add_speckle, check_domain, check_looks, from_intensity
 from ..errors import ArgumentError, DataError
-from .base import DictDataModule, split_train_val
+from .base import DictDataModule, ResumableDataLoader, split_train_val
 
 S2_GREY = ("B04", "B03", "B02")
 
@@ -174,3 +174,10 @@ class SpeckleDataModule(DictDataModule):
         self.val_dataset = _SpeckledCrops(*pick(va), length=self.val_samples * len(va), seed=self.seed + 1,
                                           fixed=True, **common)
         self.test_dataset = self.val_dataset
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        loader = super().train_dataloader()
+        # Items read the epoch from the loader's sampler (Lightning calls its set_epoch): crop and speckle are a
+        # function of (seed, epoch, index) alone.
+        self.train_dataset.follow(loader.sampler)
+        return loader

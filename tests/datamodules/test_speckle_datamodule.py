@@ -28,6 +28,12 @@ def test_items_are_seeded_by_seed_epoch_index(tmp_path):
     assert not torch.equal(ds[4]["cond"], a["cond"])
     other = _dm(tmp_path, seed=1).train_dataset[3]
     assert not torch.equal(other["cond"], a["cond"])
+    loader = _dm(tmp_path).train_dataloader()
+    first = loader.dataset[3]["cond"]
+    loader.sampler.set_epoch(1)  # Lightning advances the sampler each epoch: new crops and speckle
+    assert not torch.equal(loader.dataset[3]["cond"], first)
+    loader.sampler.set_epoch(0)
+    torch.testing.assert_close(loader.dataset[3]["cond"], first, atol=0, rtol=0)
     val = _dm(tmp_path).val_dataset
     torch.testing.assert_close(val[0]["cond"], val[0]["cond"], atol=0, rtol=0)
 
