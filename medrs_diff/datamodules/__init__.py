@@ -14,6 +14,7 @@ from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
 from .pet import PETDoseDataModule
+from .speckle import SpeckleDataModule
 
 __all__ = [
     "BrainAnomalyDataModule",
@@ -25,6 +26,7 @@ __all__ = [
     "PETDoseDataModule",
     "ResumableDataLoader",
     "ResumableSampler",
+    "SpeckleDataModule",
     "seed_worker",
     "split_train_val",
 ]

@@ -11,6 +11,7 @@ from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .regression_unet import RegressionUNet
 from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
+from .sar_ddpm import SARDDPM
 from .segdiff import SegDiff
 from .srdiff import SRDiff
 
@@ -29,10 +30,11 @@ METHODS: dict[str, type[Method]] = {
     "regression_unet": RegressionUNet,
     "retinal_mask_ddpm": RetinalMaskDDPM,
     "retinal_image_ddpm": RetinalImageDDPM,
+    "sar_ddpm": SARDDPM,
 }
 
 __all__ = [
     "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
     "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
-    "SMPUNet", "SRDiff", "SegDiff",
+    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
 ]

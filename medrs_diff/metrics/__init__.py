@@ -28,6 +28,7 @@ from .image import ImageMetric, enl, nrmse, psnr, ssim, suv_bias
 from .overlap import OverlapMetric, dice, iou
 from .pixel import PixelMetric, auroc, pixel_scores
 from .quality_index import q2n, uiqi
+from .sar import enl_region, homogeneous_mask
 from .spectral import SPECTRAL_KEYS, SpectralMetric, band_psnr, band_ssim, ergas, mrae, rmse, sam, spectral_scores
 from .spectrum import RALSDMetric, radial_power_spectrum, ralsd
 from .stochastic import StochasticSegMetric, generalized_energy_distance, hungarian_matched_iou
@@ -41,6 +42,7 @@ __all__ = [
     "CalibrationMetric", "expected_calibration_error",
     "ClassificationMetric", "classification_scores", "confusion_matrix",
     "CRPSMetric", "crps", "pooled_crps",
+    "enl_region", "homogeneous_mask",
     "CategoricalMetric", "FSSMetric", "categorical_scores", "contingency_table", "fss",
     "ImageMetric", "enl", "nrmse", "psnr", "ssim", "suv_bias",
     "OverlapMetric", "dice", "iou",

@@ -40,6 +40,8 @@ TINY = {
                               num_head_channels=16, norm_num_groups=8, timesteps=50),
     "retinal_image_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
                                num_head_channels=16, norm_num_groups=8, timesteps=50),
+    "sar_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
+                     norm_num_groups=8, timesteps=50, cycle_shifts=2),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -117,6 +119,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
     assert specs["retinal_mask_ddpm"] == IOSpec({"label": 1}, ("prediction",), 2, 1, "seg", (), {"size_multiple": 2})
     assert specs["retinal_image_ddpm"] == IOSpec({"label": 1}, ("prediction",), 2, 1, "image", ("prediction",),
                                                  {"size_multiple": 2})
+    assert specs["sar_ddpm"] == IOSpec({"cond": 1}, ("prediction",), 2, 1, "image", ("prediction",),
+                                       {"size_multiple": 2})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -143,6 +147,7 @@ def test_predict_returns_every_declared_output():
         "regression_unet": {"cond": torch.randn(2, 1, 16, 16)},
         "retinal_mask_ddpm": {"label": torch.zeros(2, 1, 16, 16)},
         "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
+        "sar_ddpm": {"cond": torch.rand(2, 1, 16, 16) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
