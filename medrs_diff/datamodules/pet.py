@@ -33,7 +33,7 @@ from ..data.pet import COUNTS_PER_UNIT, body_mask, check_dose_fraction, read_pet
 from ..data.scaling import resolve
 from ..data.seeding import EpochAware, item_seed
 from ..errors import ArgumentError, DataError
-from .base import DictDataModule, split_train_val
+from .base import DictDataModule, ResumableDataLoader, split_train_val
 
 SUFFIXES = (".nii", ".nii.gz", ".dcm")
 
@@ -187,6 +187,13 @@ class PETDoseDataModule(DictDataModule):
 
         self.train_dataset = build(train, self.samples_per_epoch, self.seed, False)
         self.val_dataset = build(val, self.val_samples * len(val), self.seed + 1, True)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        loader = super().train_dataloader()
+        # items read the epoch from the loader's sampler (Lightning calls its set_epoch): each epoch draws new
+        # crops and new low-dose noise, still a function of (seed, epoch, index) alone
+        self.train_dataset.follow(loader.sampler)
+        return loader
 
 
 def warn_clipped(path: Path, volume: np.ndarray, scaling: Any, name: str) -> None:

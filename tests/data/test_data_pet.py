@@ -207,6 +207,11 @@ def test_pet_data_module_pairs(tmp_path):
     assert (ld - fd).abs().mean() > 0.1
     assert abs(float(ld.mean() - fd.mean())) < 0.1
     assert json.loads((tmp_path / "d" / "pet_000.json").read_text())["Units"] == "SUV"
+    loader = dm.train_dataloader()  # the items follow the loader's epoch: new crops and noise each epoch
+    loader.sampler.set_epoch(1)
+    assert not torch.equal(dm.train_dataset[0]["cond"], item["cond"])
+    loader.sampler.set_epoch(0)
+    torch.testing.assert_close(dm.train_dataset[0]["cond"], item["cond"])
     with pytest.raises(DataError, match="no phantoms"):
         PETDoseDataModule(str(tmp_path / "empty")).setup("fit")
     shutil.rmtree(tmp_path / "d")
