@@ -8,6 +8,7 @@ item removes that dependence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,3 +43,14 @@ class EpochAware:
     def current_epoch(self) -> int:
         src = self.epoch_source
         return int(getattr(src, "epoch", self.epoch)) if src is not None else int(self.epoch)
+
+    def item_rng(self, index: int, fixed: bool = False) -> np.random.Generator:
+        """Item ``index``'s generator, seeded by ``(self.seed, epoch, index)``; epoch 0 when ``fixed``
+        (validation items that stay the same every epoch)."""
+        return np.random.default_rng(item_seed(self.seed, 0 if fixed else self.current_epoch(), index))
+
+
+def crop_slices(rng: np.random.Generator, shape: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:
+    """A window of size ``patch`` at a random position inside ``shape`` (one start per axis, drawn in order)."""
+    starts = [int(rng.integers(n - p + 1)) for n, p in zip(shape, patch, strict=True)]
+    return tuple(slice(a, a + p) for a, p in zip(starts, patch, strict=True))

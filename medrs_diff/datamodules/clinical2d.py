@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..data import keys as K
-from ..data.seeding import EpochAware, item_seed
+from ..data.seeding import EpochAware, crop_slices
 from ..errors import ArgumentError, DataError
 from .base import DictDataModule, ResumableDataLoader, split_train_val
 
@@ -365,12 +365,9 @@ class _Items(EpochAware, Dataset):
         j = i % len(self.records)
         img, scaling, lab, fov = self._planes(j)
         if self.patch is not None:
-            ph, pw = self.patch
-            rng = np.random.default_rng(item_seed(self.seed, self.current_epoch(), i))
-            y0 = int(rng.integers(0, img.shape[-2] - ph + 1))
-            x0 = int(rng.integers(0, img.shape[-1] - pw + 1))
-            img, lab = img[:, y0:y0 + ph, x0:x0 + pw], lab[:, y0:y0 + ph, x0:x0 + pw]
-            fov = None if fov is None else fov[:, y0:y0 + ph, x0:x0 + pw]
+            sl = (slice(None), *crop_slices(self.item_rng(i), img.shape[-2:], self.patch))
+            img, lab = img[sl], lab[sl]
+            fov = None if fov is None else fov[sl]
         img = img.clone() if scaling is None else scaling.forward(img.float()).float()
         out: dict[str, Any] = {K.IMAGE: img, K.LABEL: lab.float()}
         if fov is not None:

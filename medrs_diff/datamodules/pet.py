@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from ..data.pet import COUNTS_PER_UNIT, body_mask, check_dose_fraction, read_pet, simulate_low_dose
 from ..data.scaling import resolve
-from ..data.seeding import EpochAware, item_seed
+from ..data.seeding import EpochAware, crop_slices
 from ..errors import ArgumentError, DataError
 from .base import DictDataModule, ResumableDataLoader, split_train_val
 
@@ -82,15 +82,13 @@ class _PETPairs(EpochAware, Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        epoch = 0 if self.fixed else self.current_epoch()
-        rng = np.random.default_rng(item_seed(self.seed, epoch, i))
+        rng = self.item_rng(i, self.fixed)
         j = i % len(self.volumes) if self.fixed else int(rng.integers(len(self.volumes)))
         vol, m = self.volumes[j], self.masks[j]
         if self.spatial_dims == 2:
             z = int(rng.integers(vol.shape[-1])) if not self.fixed else vol.shape[-1] // 2
             vol, m = vol[..., z], m[..., z]
-        start = [int(rng.integers(s - p + 1)) for s, p in zip(vol.shape, self.patch)]
-        sl = tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+        sl = crop_slices(rng, vol.shape, self.patch)
         fd = vol[sl]
         ld = simulate_low_dose(fd, self.dose_fraction, self.counts, rng, self.thin_mode)
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731

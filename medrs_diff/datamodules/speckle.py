@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.scaling import resolve
-from ..data.seeding import EpochAware, item_seed
+from ..data.seeding import EpochAware, crop_slices, item_seed
 from ..data.speckle import add_speckle, check_domain, check_looks, from_intensity
 from ..errors import ArgumentError, DataError
 from .base import DictDataModule, ResumableDataLoader, split_train_val
@@ -84,12 +84,10 @@ class _SpeckledCrops(EpochAware, Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        epoch = 0 if self.fixed else self.current_epoch()
-        rng = np.random.default_rng(item_seed(self.seed, epoch, i))
+        rng = self.item_rng(i, self.fixed)
         j = i % len(self.images) if self.fixed else int(rng.integers(len(self.images)))
         img = self.images[j]
-        y, x = (int(rng.integers(s - self.patch + 1)) for s in img.shape)
-        crop = img[y:y + self.patch, x:x + self.patch].astype(np.float64)
+        crop = img[crop_slices(rng, img.shape, (self.patch, self.patch))].astype(np.float64)
         if self.domain == "db":
             crop = np.maximum(crop, 10 ** (self.floor_db / 10))
         clean = from_intensity(crop, self.domain, self.floor_db)
