@@ -89,6 +89,8 @@ def load_encoder_weights(
         try:
             rgb = get_encoder(encoder_name, in_channels=3, depth=encoder_depth, weights=None)
             rgb.load_state_dict(dict(state), strict=True)
+            # pretrained=True only tells smp to adapt the weights just loaded from the local file (sum / repeat the
+            # first conv's RGB kernels) instead of re-initialising them; nothing is downloaded (weights=None above)
             rgb.set_in_channels(in_channels, pretrained=True)
             encoder.load_state_dict(rgb.state_dict(), strict=True)
             return
