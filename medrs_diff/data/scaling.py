@@ -9,6 +9,7 @@ ones (MRI percentiles, z-score) are computed per image and recorded so predictio
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -100,6 +101,36 @@ class Scaling:
     def from_json(cls, text: str) -> Scaling:
         """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+# fraction of finite input values a fixed-range scaling may clip before inference warns: any SUV above the
+# PET range or any value above an n-bit range (wrong units, lost lesions); 1 % for reflectance, dB and plain
+# ranges (saturated clouds, dark water are expected tails). Windows and data-derived ranges clip by design.
+CLIP_WARN_FRACTION = {"pet_suv": 0.0, "dn": 0.0, "reflectance": 0.01, "db": 0.01, "linear": 0.01}
+
+
+def clip_counts(scaling: Scaling, x: Array, channel_axis: int = 0) -> tuple[int, int]:
+    """(finite values that ``scaling`` clips, finite values) of raw ``x``."""
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    finite = np.isfinite(a)
+    out = np.zeros(a.shape, bool)
+    for bound, beyond in ((scaling.clip_min, np.less), (scaling.clip_max, np.greater)):
+        if bound is not None:
+            out |= beyond(a, scaling._param(bound, a, channel_axis), where=finite, out=np.zeros(a.shape, bool))
+    return int(out.sum()), int(finite.sum())
+
+
+def warn_clipped(where: Any, scaling: Scaling, n_clipped: int, n_total: int) -> None:
+    """Warn, naming ``where`` and the fix, when a fixed-range scaling clipped more of an input than
+    :data:`CLIP_WARN_FRACTION` allows (values outside the trained range are flattened to its ends)."""
+    limit = CLIP_WARN_FRACTION.get("dn" if scaling.kind.startswith("dn") else scaling.kind)
+    if limit is None or n_total <= 0 or n_clipped <= limit * n_total:
+        return
+    lo = "-inf" if scaling.clip_min is None else ", ".join(f"{v:g}" for v in scaling.clip_min)
+    hi = "inf" if scaling.clip_max is None else ", ".join(f"{v:g}" for v in scaling.clip_max)
+    warnings.warn(f"{where}: {n_clipped} values ({n_clipped / n_total:.3%}) lie outside the range [{lo}] .. [{hi}] "
+                  f"of input scaling '{scaling.kind}' and are clipped to it, as in training. Fix: check the "
+                  "input's units, or retrain with a wider scaling (for PET 'pet:<max SUV>')", stacklevel=3)
 
 
 def identity() -> Scaling:

@@ -57,6 +57,7 @@ from .tiling import (
     oriented_shape,
     slice_window_fn,
     valid_output,
+    warn_input_clipping,
 )
 
 PathLike = str | os.PathLike
@@ -397,6 +398,7 @@ class Predictor:
                                          per_channel=self.channelwise)
         t = torch.from_numpy(np.ascontiguousarray(data))
         scaling = resolve(input_scaling(self.scaling, self.channelwise), t)
+        warn_input_clipping(f"array {case}".rstrip(), scaling, t)
         outs = infer_volume(fn, scaling.forward(t), self.window(tuple(t.shape[1:]), tile), overlap, blend, batch,
                             device="cpu", sw_device=self.device, progress=progress, label_votes=self._label_votes())
         result = {}

@@ -45,7 +45,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from .. import io
-from ..data.scaling import Scaling, ScalingSpec, resolve
+from ..data.scaling import Scaling, ScalingSpec, clip_counts, resolve, warn_clipped
 from ..errors import ArgumentError, DataError, MedrsError
 from ..io.atomic import atomic_outputs, check_output_path
 from ..io.geotiff import (
@@ -638,6 +638,7 @@ def infer_nifti(predictor: WindowFn, in_path: PathLike | NiftiVolume, out_path: 
         data = apply_orientation(data, fwd)
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0)))
     scale_in = resolve(input_scaling(in_scaling, channelwise), x)
+    warn_input_clipping(in_path, scale_in, x)
     x = scale_in.forward(x)
     run_on = sw_device if sw_device is not None else _device_of(predictor, device)
     votes = check_label_votes(label_votes)
@@ -774,6 +775,7 @@ def infer_image(predictor: WindowFn, in_path: PathLike | io.ArrayFile, out_path:
                                      unit="voxel" if spatial == 3 else "pixel")
     x = torch.from_numpy(np.ascontiguousarray(data))
     scale_in = resolve(in_scaling, x)
+    warn_input_clipping(in_path, scale_in, x)
     x = scale_in.forward(x)
     run_on = _device_of(predictor, device)
     votes = check_label_votes(label_votes)
@@ -833,6 +835,13 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
         return a
     mode = "reflect" if min(a.shape[-2:]) > 1 else "edge"
     return np.pad(a, ((0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+def warn_input_clipping(where: Any, scaling: Any, x: Any) -> None:
+    """Warn (naming ``where``) when a fixed-range input scaling clips more of ``x`` than it should
+    (:func:`~medrs_diff.data.scaling.warn_clipped`); per-channel modality scalings are not checked."""
+    if isinstance(scaling, Scaling):
+        warn_clipped(where, scaling, *clip_counts(scaling, x))
 
 
 def _geo_scaling(spec: ScalingSpec, src: Any, idx: list[int]) -> Scaling:
@@ -911,6 +920,7 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
         ys, xs = _starts(H, th, sy), _starts(W, tw, sx)
         hh, ww = min(th, H), min(tw, W)  # tile extent inside the scene (input pixels)
         weight = blend_window((th * s, tw * s), blend).numpy()[: hh * s, : ww * s].astype(np.float64)
+        n_clip = np.zeros(2, np.int64)  # input values the scaling clips, finite input values
         bar = tqdm(total=len(ys) * len(xs), desc=f"tiles {Path(in_path).name}", disable=not show_progress(progress))
         with contextlib.ExitStack() as stack:
             acc: dict[str, np.ndarray] = {}  # weighted sums over the current strip, output pixels
@@ -929,6 +939,7 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
                             a = np.where(undeclared_nonfinite(a, nodata, per_band=True), fill, a)
                         ok = valid_mask(a, nodata)
                         valid[:, x0 : x0 + ww] |= ok
+                        n_clip = np.add(n_clip, clip_counts(scale_in, np.where(ok[None], a, np.nan)))
                         a = scale_in.forward(np.where(ok[None], a, 0.0).astype(np.float32))
                         tiles.append(_pad_to(np.where(ok[None], a, 0.0).astype(np.float32), th, tw))
                     with torch.inference_mode():
@@ -977,4 +988,5 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
                     acc[key] = _shift_up(acc[key], done * s)
                 wsum, valid = _shift_up(wsum, done * s), _shift_up(valid, done)
             bar.close()
+    warn_clipped(in_path, scale_in, int(n_clip[0]), int(n_clip[1]))  # overlapping tiles count alike
     return paths
