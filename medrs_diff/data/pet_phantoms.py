@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..errors import ArgumentError
+
 
 @dataclass
 class PETPhantom:
@@ -44,7 +46,8 @@ def pet_phantom(
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 8:
-        raise ValueError(f"a PET phantom is 2-D or 3-D with every size >= 8, got {shape}")
+        raise ArgumentError("shape", f"a PET phantom is 2-D or 3-D with every size >= 8, got {shape}",
+                            "give 2 or 3 sizes, each at least 8")
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*[np.linspace(-1.0, 1.0, s) for s in shape], indexing="ij")
     nd = len(shape)

@@ -247,3 +247,9 @@ def test_hot_voxels_above_the_scaling_range_are_warned_about_and_kept_with_a_wid
     for bad in ("pet:", "pet:-3", "pet:nan", "pet:x"):
         with pytest.raises(DataError, match="does not end in a positive number"):
             resolve(bad)
+
+
+@pytest.mark.parametrize("shape", [(4, 16), (16,), (8, 8, 8, 8)])
+def test_pet_phantom_refuses_bad_shapes_with_the_fix(shape):
+    with pytest.raises(ArgumentError, match=r"^shape: a PET phantom is 2-D or 3-D .* Fix: give 2 or 3 sizes"):
+        pet_phantom(shape)
