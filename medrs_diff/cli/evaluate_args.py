@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Dice/IoU/surface Dice when prediction and reference are both empty ('nan' to skip)")
     g = parser.add_argument_group("spectral / image")
     g.add_argument("--data-range", default=None,
-                   help="data range for PSNR/SSIM (required): a number, or ref_range / ref_max (image task)")
+                   help="data range for PSNR/SSIM (required): a number, or ref_range / ref_max (image task); "
+                        "fusion: the images' full range")
     g.add_argument("--resolution-ratio", type=float, default=_default("spectral", "resolution_ratio"),
                    help="ERGAS h/l, high/low-resolution pixel-size ratio (0.25 for x4 SR)")
     g.add_argument("--channels-last", action="store_true", help=".npy band stacks are (H, W, C)")
@@ -78,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("class")
     g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: max label + 1)")
     g.add_argument("--ignore-index", type=int, default=None, help="reference label to leave out")
+    g = parser.add_argument_group("fusion")
+    g.add_argument("--second-source", type=Path, default=None,
+                   help="the second source image file or folder (paired by name; REF is the first); "
+                        "fusion also needs --data-range")
+    g.add_argument("--source-scaling", default=None,
+                   help="map raw sources onto [0, 1] with this data-layer scaling (mri = 0.5-99.5 percentiles, "
+                        "as DDFM's data module; ct, minmax, ...); --data-range then applies to PRED only")
     g = parser.add_argument_group("anomaly")
     g.add_argument("--threshold-from", nargs="+", default=None, metavar="VAL",
                    help="VAL_MAPS VAL_LABELS: choose the mask threshold on this validation split (never the test "

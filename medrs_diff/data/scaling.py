@@ -218,6 +218,8 @@ _NAMED: dict[str, Callable[[Array], Scaling]] = {
     "db": lambda x: decibel(),
     "none": lambda x: identity(),
 }
+#: The scaling names :func:`resolve` takes (besides ``"pet:<max>"``).
+SCALING_NAMES = tuple(_NAMED)
 
 
 def resolve(spec: ScalingSpec, x: Array | None = None) -> Scaling:

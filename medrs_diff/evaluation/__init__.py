@@ -26,6 +26,8 @@ One module per task, each with a typed option class:
   NRMSE and gives the SUV bias inside it.
 * ``class`` (:mod:`.classification`, :class:`ClassOptions`): integer class maps or label vectors; the mask
   selects the pixels to score.
+* ``fusion`` (:mod:`.fusion`, :class:`FusionOptions`): fused 2-D images against their two sources (REF and
+  ``second_source``), no fused reference: EN, SD, MI, VIF, Qabf, SSIM.
 
 Example::
 
@@ -39,6 +41,7 @@ from .api import TASKS, Task, TaskOptions, evaluate, make_options
 from .arrays import AFFINE_TOL, check_pair, load, mask_on_grid
 from .classification import ClassOptions
 from .forecast import ForecastOptions
+from .fusion import FusionOptions
 from .image import ImageOptions
 from .options import CommonOptions
 from .pairing import Case, MissingFileError, find_cases, find_masks, find_pairs
@@ -47,7 +50,7 @@ from .seg import SegOptions
 from .spectral import SpectralOptions
 
 __all__ = [
-    "AFFINE_TOL", "TASKS", "Case", "ClassOptions", "CommonOptions", "ForecastOptions", "ImageOptions",
+    "AFFINE_TOL", "TASKS", "Case", "ClassOptions", "CommonOptions", "ForecastOptions", "FusionOptions", "ImageOptions",
     "MissingFileError",
     "SegOptions", "SpectralOptions", "Task", "TaskOptions", "TaskResult", "check_pair", "csv_text", "evaluate",
     "find_cases", "find_masks", "find_pairs", "format_table", "json_text", "load", "make_options", "mask_on_grid",

@@ -15,6 +15,7 @@ from ..errors import ArgumentError
 from .anomaly import AnomalyOptions, evaluate_anomaly
 from .classification import ClassOptions, evaluate_class
 from .forecast import ForecastOptions, evaluate_forecast
+from .fusion import FusionOptions, evaluate_fusion
 from .image import ImageOptions, evaluate_image
 from .pairing import Case, find_cases
 from .report import TaskResult, default_out, write_report
@@ -24,7 +25,8 @@ from .spectral import SpectralOptions, evaluate_spectral
 __all__ = ["TASKS", "Task", "TaskOptions", "evaluate", "make_options"]
 
 PathLike = str | os.PathLike
-TaskOptions = SegOptions | SpectralOptions | ForecastOptions | ImageOptions | ClassOptions | AnomalyOptions
+TaskOptions = (SegOptions | SpectralOptions | ForecastOptions | ImageOptions | ClassOptions | AnomalyOptions
+               | FusionOptions)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("class", ClassOptions, evaluate_class, "class maps: OA, AA, kappa, per-class recall"),
     Task("anomaly", AnomalyOptions, evaluate_anomaly,
          "anomaly maps: pixel AUROC, AUPRC, Dice at a validation threshold"),
+    Task("fusion", FusionOptions, evaluate_fusion,
+         "fused images vs REF and --second-source: EN, SD, MI, VIF, Qabf, SSIM"),
 )}
 
 
