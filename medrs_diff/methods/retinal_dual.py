@@ -13,9 +13,10 @@ Facts kept from the paper and its code (``../shared/reference/medical.md`` secti
 - sampler: 1000-step ancestral DDPM (``sampler: ddpm``, ``sampling_steps: null`` = every step); any sampler
   of the registry can be chosen instead (``generate --sampler ddim --steps 50``);
 - schedule, T = 1000: the paper's DDPM linear betas from 1e-4 to 0.02 (``schedule: linear``, the default).
-  The official code names its function "linear" but its betas follow a cosine-shaped curve between the same
-  ends; ``schedule: retree_code`` gives that switch, read here as ``beta_t = b0 + (b1 - b0) (1 - cos(pi t /
-  (T - 1))) / 2`` (:func:`retree_code_betas`; check it against the code before relying on it);
+  The official code (AAleka/ReTree, ``train_ddpm_mask.py``) names its function "linear" but computes
+  ``beta_i = |b1 cos(pi/2 i / (T - 1)) - (b1 - b0)|``, i = 0 .. T - 1: b0 at the start, a dip to about 0 near
+  i = 0.064 T, then a cosine-shaped rise to b1 - b0 (and it trains the mask model with T = 800);
+  ``schedule: retree_code`` gives those betas (:func:`retree_code_betas`) over ``timesteps``;
 - field of view: generated images are black (-1) outside a circular FOV and masks are binarised (x0 > 0)
   inside it. The FOV is the batch's ``fov`` when it has one (training, validation), else a centred disc of
   radius ``fov_radius`` x the image width (:func:`medrs_diff.data.retina_phantoms.circular_fov`).
@@ -60,12 +61,12 @@ RETINAL_SCHEDULES = ("linear", "retree_code")
 
 
 def retree_code_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """Cosine-shaped betas from ``beta_start`` to ``beta_end`` (the official code's "linear" schedule, as read
-    here): ``b0 + (b1 - b0) (1 - cos(pi i / (T - 1))) / 2`` for i = 0 .. T - 1."""
+    """The official code's "linear" betas: ``|b1 cos(pi/2 i / (T - 1)) - (b1 - b0)|`` for i = 0 .. T - 1
+    (b0 first, about 0 near i = 0.064 T, b1 - b0 last)."""
     if num_steps < 2:
         raise ValueError(f"retree_code_betas: need at least 2 steps, got {num_steps}")
     i = torch.arange(num_steps, dtype=torch.float64)
-    return beta_start + (beta_end - beta_start) * (1 - torch.cos(math.pi * i / (num_steps - 1))) / 2
+    return torch.abs(beta_end * torch.cos(math.pi / 2 * i / (num_steps - 1)) - (beta_end - beta_start))
 
 
 def retinal_schedule(name: str, timesteps: int) -> Schedule:

@@ -26,9 +26,11 @@ def test_paper_schedule_is_ddpm_linear_and_code_switch_is_cosine_shaped():
     assert float(betas[-1]) == pytest.approx(0.02, rel=1e-6)
     assert float(betas[499] - betas[498]) == pytest.approx((0.02 - 1e-4) / 999, rel=1e-4)  # constant increments
     code = retree_code_betas(1000)
-    assert float(code[0]) == pytest.approx(1e-4) and float(code[-1]) == pytest.approx(0.02)
-    assert float(code[500]) == pytest.approx(1e-4 + (0.02 - 1e-4) * (1 - math.cos(math.pi * 500 / 999)) / 2)
-    assert float(code[100] - code[99]) < float(code[500] - code[499])  # slow start: cosine-shaped, not linear
+    # the official code: |0.02 cos(pi/2 i / 999) - 0.0199|
+    assert float(code[0]) == pytest.approx(1e-4) and float(code[-1]) == pytest.approx(0.02 - 1e-4)
+    assert float(code[500]) == pytest.approx(abs(0.02 * math.cos(math.pi / 2 * 500 / 999) - 0.0199))
+    assert int(code.argmin()) == 64 and float(code.min()) < 2e-6  # the dip where 0.02 cos = 0.0199
+    assert float(code[200] - code[199]) < float(code[800] - code[799])  # slow rise then faster: cosine-shaped
     sched = retinal_schedule("retree_code", 1000)
     assert torch.allclose(sched.alphas_cumprod, torch.cumprod(1 - code, 0).to(sched.alphas_cumprod.dtype))
     with pytest.raises(ArgumentError, match="schedule: unknown schedule 'cosine'"):
