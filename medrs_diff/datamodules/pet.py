@@ -3,9 +3,10 @@
 ``root`` holds full-dose PET: NIfTI files (``.nii`` / ``.nii.gz``, units from a JSON sidecar or
 ``source_units``), single DICOM files or DICOM series folders (Modality PT, Bq/mL). Each is read once
 with :func:`medrs_diff.data.pet.read_pet` in ``units`` (body-weight SUV by default; a missing weight /
-dose stops unless ``units: bqml``). Items are random patches (3-D) or random crops of random axial slices
-(2-D, the last array axis), drawn from ``(seed, epoch, index)``; the low dose is simulated on every
-item by counts thinning at ``dose_fraction`` with ``counts_per_unit`` counts per voxel per unit
+dose stops unless ``units: bqml``); NIfTI volumes are reoriented to RAS, as ``infer`` does. Items are
+random patches (3-D) or random crops of random axial slices (2-D, the last array axis), drawn from
+``(seed, epoch, index)``; the low dose is simulated on every item by counts thinning at ``dose_fraction``
+with ``counts_per_unit`` counts per voxel per unit
 (:func:`medrs_diff.data.pet.simulate_low_dose`, never Gaussian noise). ``scaling`` maps units to model
 space (``"pet"``: SUV [0, 10] onto [-1, 1], fixed, so quantification transfers between scans;
 ``"pet:<max>"`` another upper end: a volume with values above the range is warned about, naming the file).
@@ -147,6 +148,8 @@ class PETDoseDataModule(DictDataModule):
         vol = pet.data
         if pet.geometry.kind == "dicom":
             vol = np.transpose(vol, (2, 1, 0))  # (z, y, x) -> (x, y, z), the NIfTI order
+        elif vol.ndim == 3 and pet.geometry.affine is not None:
+            vol = to_ras(vol, pet.geometry.affine)  # as inference reorients NIfTI volumes (infer_nifti)
         if vol.ndim == 2:
             vol = vol[..., None]
         if vol.ndim != 3:
@@ -192,6 +195,14 @@ class PETDoseDataModule(DictDataModule):
         # crops and new low-dose noise, still a function of (seed, epoch, index) alone
         self.train_dataset.follow(loader.sampler)
         return loader
+
+
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``volume`` (x, y, z) stored with ``affine`` reoriented to RAS (axis permutations and flips only)."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    return np.ascontiguousarray(apply_orientation(volume, ornt_transform(io_orientation(affine),
+                                                                          axcodes2ornt("RAS"))))
 
 
 def warn_clipped(path: Path, volume: np.ndarray, scaling: Any, name: str) -> None:

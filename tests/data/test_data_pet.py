@@ -253,3 +253,22 @@ def test_hot_voxels_above_the_scaling_range_are_warned_about_and_kept_with_a_wid
 def test_pet_phantom_refuses_bad_shapes_with_the_fix(shape):
     with pytest.raises(ArgumentError, match=r"^shape: a PET phantom is 2-D or 3-D .* Fix: give 2 or 3 sizes"):
         pet_phantom(shape)
+
+
+def test_pet_data_module_reorients_nifti_to_ras_like_inference(tmp_path):
+    """A volume stored LPS (x and y flipped) gives the same training volume as the same scan stored RAS."""
+    from medrs_diff.datamodules.pet import PETDoseDataModule
+    from medrs_diff.io.nifti import write_nifti
+
+    ras = pet_phantom((8, 16, 16), seed=2).image.transpose(1, 2, 0).astype(np.float32)  # (x, y, z)
+    vols = {}
+    for name, data, affine in (("ras", ras, np.eye(4)), ("lps", ras[::-1, ::-1].copy(), np.diag([-1, -1, 1, 1.0]))):
+        root = tmp_path / name
+        root.mkdir()
+        write_nifti(data, root / "a.nii.gz", affine)
+        (root / "a.json").write_text(json.dumps({"Units": "SUV"}))
+        dm = PETDoseDataModule(str(root), patch_size=16, samples_per_epoch=1, val_samples=1, val_fraction=0)
+        dm.setup("fit")
+        vols[name] = dm.train_dataset.volumes[0]
+    np.testing.assert_array_equal(vols["lps"], vols["ras"])
+    assert not np.array_equal(ras[::-1, ::-1], ras)  # the flip is visible: the test could fail
