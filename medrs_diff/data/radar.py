@@ -66,6 +66,8 @@ def read_knmi_hdf5(paths: str | os.PathLike | Sequence[str | os.PathLike], patte
             raise DataError(paths, f"no files matching '{pattern}'", "point to the folder holding the KNMI .h5 files")
     else:
         files = [Path(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)]
+        if not files:
+            raise DataError("paths", "is an empty list of KNMI radar files", "give at least one .h5 file or a folder")
     frames, times, first = [], [], None
     for p in tqdm(files, desc="KNMI radar", disable=not progress):
         frame = read_knmi_file(p)

@@ -92,6 +92,8 @@ def test_unreadable_and_wrong_radar_files(tmp_path):
         R.read_knmi_hdf5([tmp_path / "bad.h5"])
     with pytest.raises(DataError, match=r"missing\.h5: KNMI radar file does not exist"):
         R.read_knmi_hdf5([tmp_path / "missing.h5"])
+    with pytest.raises(DataError, match=r"^paths: is an empty list of KNMI radar files\. Fix: give at least one"):
+        R.read_knmi_hdf5([])
     xr.Dataset({"a": (("t", "y", "x"), np.zeros((2, 2, 2))), "b": (("t", "y", "x"), np.zeros((2, 2, 2)))}).to_netcdf(
         tmp_path / "two.nc")
     with pytest.raises(DataError, match=r"two\.nc: has 2 3-D variables"):
