@@ -5,7 +5,8 @@
 slices after reorienting to RAS); no labels are read there. ``root/<lesion_dir>`` holds lesion cases
 ``<case>_image`` + ``<case>_label`` (any non-zero label value is lesion) that validate: the method's
 validation metrics then include pixel AUROC / AUPRC. With ``lesion_dir: null`` the last ``val_fraction``
-of the healthy cases validate instead (reconstruction error only) and are not trained on. Both names may
+of the healthy cases validate instead (reconstruction error only) and are not trained on. Lesion volumes
+with ``slices: true`` validate on axial slices that hold lesion. Both names may
 be absolute paths. With ``phantoms`` set and no healthy image yet, brain phantoms are written first
 (:func:`medrs_diff.data.brain_phantoms.make_brain_anomaly_phantoms`): ``phantoms`` healthy slices and
 ``val_phantoms`` lesion slices (other anatomies than the healthy ones).
@@ -115,6 +116,8 @@ class BrainAnomalyDataModule(DictDataModule):
         transforms = medical_transforms(
             (K.IMAGE,), labels, scaling=self.scaling, orientation="RAS" if self.slices else None,
             patch_size=self.patch_size if (train or self.slices) else None, seed=self.seed, slices_2d=self.slices,
+            # validation slices of lesion volumes hold lesion (a random slice is often lesion-free)
+            empty_slice_fraction=0.0 if labels and self.slices else None,
         )
         base = medical_dataset(records, transforms, seed=self.seed)
         cases = [Path(r[K.IMAGE]).name for r in records]

@@ -55,3 +55,26 @@ def test_data_module_refusals(tmp_path):
         BrainAnomalyDataModule(str(tmp_path / "d")).setup("fit")
     with pytest.raises(ArgumentError, match="lesion_dir"):
         BrainAnomalyDataModule(str(tmp_path / "e"), lesion_dir=None, phantoms=2, val_phantoms=2)
+
+
+def test_lesion_volumes_validate_on_slices_that_hold_lesion(tmp_path):
+    from medrs_diff.io.nifti import write_nifti
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_nifti(rng.normal(size=(16, 16, 12)).astype(np.float32), tmp_path / "healthy" / f"h{i}_image.nii.gz",
+                    np.eye(4))
+    for i in range(2):
+        lab = np.zeros((16, 16, 12), np.uint8)
+        lab[4:8, 4:8, 9 + i] = 1  # lesion in one slice of twelve
+        write_nifti(rng.normal(size=(16, 16, 12)).astype(np.float32), tmp_path / "lesion" / f"l{i}_image.nii.gz",
+                    np.eye(4))
+        write_nifti(lab, tmp_path / "lesion" / f"l{i}_label.nii.gz", np.eye(4))
+    dm = BrainAnomalyDataModule(str(tmp_path), slices=True, spatial_dims=2, patch_size=[16, 16], batch_size=1)
+    dm.setup("fit")
+    for epoch in range(4):
+        dm.val_dataset.set_epoch(epoch)
+        for j in range(len(dm.val_dataset)):
+            item = dm.val_dataset[j]
+            assert item["label"].shape == (1, 16, 16) and float(item["label"].sum()) == 16.0
+    assert dm.train_dataset[0]["image"].shape == (1, 16, 16)
