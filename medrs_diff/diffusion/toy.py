@@ -66,6 +66,17 @@ class GaussianMixture:
         score = -(resp[..., None] * diff / var).sum(1)
         return (-(1 - abar).sqrt()[:, None] * score).to(x_t.dtype).reshape(x_t.shape)
 
+    def posterior_mean(self, x_t: Tensor, abar: Tensor) -> Tensor:
+        """Exact E[x0 | x_t] for x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (finite also at abar = 0)."""
+        b = x_t.shape[0]
+        x = x_t.reshape(b, -1).double()
+        abar = abar.double().to(x.device)
+        resp, var = self._responsibilities(x, abar)
+        sa = abar.sqrt()[:, None, None]
+        mu = self.means[None].to(x.device)
+        comp = mu + sa * self.stds[None].to(x.device) ** 2 * (x[:, None, :] - sa * mu) / var
+        return (resp[..., None] * comp).sum(1).to(x_t.dtype).reshape(x_t.shape)
+
     def denoiser(self, schedule: Schedule, prediction_type: str = "eps"):
         """``denoise(x_t, t)`` for training timesteps ``t`` of ``schedule``'s training chain."""
         from .process import target_of, to_x0_eps
