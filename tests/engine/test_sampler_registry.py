@@ -1,4 +1,4 @@
-"""The sampler registry: all five samplers in one place, one call convention, the generator reaching each."""
+"""The sampler registry: all samplers in one place, one call convention, the generator reaching each."""
 
 import dataclasses
 import inspect
@@ -40,8 +40,8 @@ def _g(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def test_all_five_samplers_registered_with_metadata():
-    assert S.sampler_names() == ("ddpm", "ddim", "dpm_solver_pp", "analytic_dpm", "paradigms")
+def test_all_samplers_registered_with_metadata():
+    assert S.sampler_names() == ("ddpm", "ddim", "dpm_solver_pp", "analytic_dpm", "paradigms", "gddim")
     assert all(isinstance(s, SamplerSpec) and s.name == n for n, s in SAMPLERS.items())
     assert {n for n, s in SAMPLERS.items() if s.stochastic} == {"ddpm", "analytic_dpm", "paradigms"}
     assert dict(SAMPLERS["analytic_dpm"].requires).keys() == {"gamma"}
@@ -59,6 +59,7 @@ def test_spec_call_equals_the_plain_function(sched, den, gamma):
         "dpm_solver_pp": S.dpm_solver_pp(den, _x(), sched, steps=10),
         "analytic_dpm": S.analytic_dpm(den, _x(), sched, gamma, steps=10, generator=_g(3)),
         "paradigms": S.paradigms(den, _x(), sched, steps=10, window=4, generator=_g(3)).sample,
+        "gddim": S.gddim(den, _x(), sched, steps=10),
     }
     options = {"ddim": {"eta": 0.5}, "analytic_dpm": {"gamma": gamma}, "paradigms": {"window": 4}}
     for name, want in direct.items():
@@ -84,7 +85,7 @@ def test_clear_errors(sched, den):
     with pytest.raises(ValueError, match=r"'paradigms' does not run per-step hooks; use one of \['ddpm', 'ddim'"):
         SAMPLERS["paradigms"](den, _x(), sched, steps=5, hooks=[Hook()])
     with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddpm, ddim, dpm_solver_pp, "
-                                         "analytic_dpm, paradigms"):
+                                         "analytic_dpm, paradigms, gddim"):
         check_sampler("euler")
     with pytest.raises(ValueError, match="unknown sampler"):
         get_sampler("euler")

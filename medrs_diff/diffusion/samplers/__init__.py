@@ -1,6 +1,6 @@
 """Samplers: plain functions ``sample(denoise, x_T, schedule, *, hooks=(), generator=None, ...)``.
 
-:data:`SAMPLERS` (in :mod:`.registry`) is the one registry of the five samplers with their metadata;
+:data:`SAMPLERS` (in :mod:`.registry`) is the one registry of the samplers with their metadata;
 call any of them the same way through its :class:`SamplerSpec`.
 """
 
@@ -9,6 +9,7 @@ from .base import Denoiser, Hook, Model, StepContext
 from .ddim import ddim, ddim_invert, ddim_step
 from .ddpm import ddpm, ddpm_step
 from .dpm_solver_pp import dpm_solver_pp
+from .gddim import gddim
 from .paradigms import ParadigmsResult, paradigms
 from .registry import SAMPLERS, SamplerSpec, check_sampler, get_sampler, register_sampler, sampler_names
 from .truncated import sample_from_estimate, truncated_start
@@ -32,6 +33,7 @@ __all__ = [
     "ddpm_step",
     "dpm_solver_pp",
     "estimate_gamma",
+    "gddim",
     "get_sampler",
     "paradigms",
     "register_sampler",

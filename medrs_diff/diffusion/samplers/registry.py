@@ -28,6 +28,7 @@ from .base import Denoiser, Hook
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver_pp import dpm_solver_pp
+from .gddim import gddim
 from .paradigms import ParadigmsResult, paradigms
 
 _FIXED = ("denoise", "x_T", "schedule")
@@ -145,4 +146,8 @@ register_sampler(SamplerSpec(
 register_sampler(SamplerSpec(
     "paradigms", paradigms, "ParaDiGMS parallel Picard iterations reproducing ddpm (or ddim via base='ddim')",
     stochastic=True, supports_hooks=False, result=_final_sample,
+))
+register_sampler(SamplerSpec(
+    "gddim", gddim, "gDDIM exponential integrator with multistep eps extrapolation (order 0 is DDIM), deterministic",
+    stochastic=False,
 ))
