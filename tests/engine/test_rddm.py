@@ -138,3 +138,40 @@ def test_restoration_sampler_reproduces_the_exact_conditional(gm, eta):
     # bimodal: the share of the right mode is the mixture weight 0.7
     share = (x.mean(1) > 0).double().mean()
     assert abs(float(share) - 0.7) < 4 * math.sqrt(0.21 / N) + 0.01
+
+
+def test_rddm_learns_a_small_restoration():
+    """RDDMLoss trains a tiny net (I_t, I_in, t) -> (res, noise); 5 sampling steps then restore noisy inputs
+    better than the inputs themselves (x0 in {-0.5, 0.5} per sample, I_in = x0 + 0.3 n)."""
+    torch.manual_seed(0)
+    s = R.make_rddm_schedule(100, "decreased", "increased", sum_scale=0.01)
+    d = 16
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(2 * d + 1, 128), torch.nn.SiLU(), torch.nn.Linear(128, 128),
+                                           torch.nn.SiLU(), torch.nn.Linear(128, 2 * d))
+
+        def forward(self, x_t, t, cond):
+            h = torch.cat([x_t.flatten(1), cond.flatten(1), t[:, None].float() / 100], 1)
+            return self.mlp(h).reshape(-1, 2, 4, 4)
+
+    def batch(n, g):
+        x0 = (torch.randint(0, 2, (n, 1, 1, 1), generator=g).float() - 0.5).expand(n, 1, 4, 4)
+        return x0, x0 + 0.3 * torch.randn(n, 1, 4, 4, generator=g)
+
+    net, loss_fn, g = Net(), R.RDDMLoss(s, "res_noise"), _g(0)
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(400):
+        x0, x_in = batch(128, g)
+        loss, logs = loss_fn(net, x0, x_in, generator=g, cond=x_in)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x0, x_in = batch(256, _g(9))
+    with torch.no_grad():
+        out = R.rddm_sample(lambda x, t: net(x, t, x_in), x_in, s, steps=5, generator=_g(10))
+    rmse_in = float(((x_in - x0) ** 2).mean().sqrt())
+    rmse_out = float(((out - x0) ** 2).mean().sqrt())
+    assert rmse_out < 0.6 * rmse_in, (rmse_out, rmse_in)  # measured 0.134 vs 0.297
