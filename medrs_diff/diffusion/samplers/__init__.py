@@ -9,7 +9,7 @@ from .base import Denoiser, Hook, Model, StepContext
 from .ddim import ddim, ddim_invert, ddim_step
 from .ddpm import ddpm, ddpm_step
 from .dpm_solver_pp import dpm_solver_pp
-from .gddim import gddim
+from .gddim import DiagonalDiffusion, gddim, gddim_diagonal
 from .paradigms import ParadigmsResult, paradigms
 from .registry import SAMPLERS, SamplerSpec, check_sampler, get_sampler, register_sampler, sampler_names
 from .truncated import sample_from_estimate, truncated_start
@@ -17,6 +17,7 @@ from .truncated import sample_from_estimate, truncated_start
 __all__ = [
     "SAMPLERS",
     "AnalyticGamma",
+    "DiagonalDiffusion",
     "Denoiser",
     "Hook",
     "Model",
@@ -34,6 +35,7 @@ __all__ = [
     "dpm_solver_pp",
     "estimate_gamma",
     "gddim",
+    "gddim_diagonal",
     "get_sampler",
     "paradigms",
     "register_sampler",

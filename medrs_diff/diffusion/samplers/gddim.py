@@ -1,7 +1,8 @@
 """gDDIM (Zhang, Tao & Chen, ICLR 2023): DDIM as an exponential integrator, with multistep extrapolation.
 
-For a linear diffusion ``x_t = alpha_t x_0 + sigma_t eps`` (elementwise: ``alpha_t``/``sigma_t`` may be
-per-coordinate, the diagonal case of gDDIM's non-isotropic processes) and the score parametrised as
+For a linear diffusion ``x_t = alpha_t x_0 + sigma_t eps`` (:func:`gddim`: the engine's VP
+:class:`Schedule`; :func:`gddim_diagonal`: per-coordinate ``alpha_t``/``sigma_t`` in some basis, the
+diagonal case of gDDIM's non-isotropic processes, e.g. blurring diffusion) and the score parametrised as
 ``-K_t^{-T} eps_theta`` with ``K_t = R_t = sigma_t``, the probability-flow ODE in ``y = x / alpha`` is
 ``dy = eps_theta d rho`` with ``rho = sigma / alpha``. The gDDIM step integrates it exactly for an
 ``eps_theta`` that is a Lagrange polynomial of order ``order`` through the last ``order + 1`` network
@@ -9,9 +10,11 @@ evaluations::
 
     y_s = y_t + sum_j w_j eps_j,   w_j = int_{rho_t}^{rho_s} l_j(rho) d rho,   x_s = alpha_s y_s.
 
-``order = 0`` is DDIM (eta = 0) exactly (tested). The paper (and its code) interpolates in time t with
-numerical quadrature; here the polynomial is in rho (DEIS's rho-AB form), which makes the weights
-closed-form; the two coincide at order 0. The stochastic gDDIM variant (lambda > 0) is not implemented.
+``order = 0`` is DDIM (eta = 0) exactly (tested); on a diagonal process it is the per-coordinate
+exponential-integrator step that plain DDIM (one alpha for all coordinates) gets wrong. The paper (and
+its code) interpolates in time t with numerical quadrature; here the polynomial is in rho (DEIS's
+rho-AB form), which makes the weights closed-form; the two coincide at order 0. The stochastic gDDIM
+variant (lambda > 0) is not implemented.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,16 +30,23 @@ from ..schedules import Schedule, Spacing
 from .base import Denoiser, Hook, Model, begin_hooks, finish_step, predict_with_hooks, prepare, progress_iter
 
 
-def lagrange_weights(nodes: Sequence[float], lo: float, hi: float) -> list[float]:
-    """``int_lo^hi l_j(r) dr`` for the Lagrange basis polynomials ``l_j`` on ``nodes``."""
+def lagrange_weights(nodes: Sequence, lo, hi) -> list:
+    """``int_lo^hi l_j(r) dr`` for the Lagrange basis polynomials ``l_j`` on ``nodes``.
+
+    Nodes and limits are floats or (elementwise, for diagonal processes) tensors of one shape; the
+    basis polynomials are expanded into monomial coefficients and integrated exactly.
+    """
     out = []
     for j, rj in enumerate(nodes):
-        poly = np.polynomial.Polynomial([1.0])
+        coef = [1.0]  # coef[i] multiplies r**i
         for k, rk in enumerate(nodes):
-            if k != j:
-                poly = poly * np.polynomial.Polynomial([-rk, 1.0]) / (rj - rk)
-        anti = poly.integ()
-        out.append(float(anti(hi) - anti(lo)))
+            if k == j:
+                continue
+            scale = 1.0 / (rj - rk)
+            shifted = [0.0, *coef]  # r * poly
+            lowered = [*(-rk * c for c in coef), 0.0]  # -r_k * poly
+            coef = [(a + b) * scale for a, b in zip(shifted, lowered)]
+        out.append(sum(c * (hi ** (i + 1) - lo ** (i + 1)) / (i + 1) for i, c in enumerate(coef)))
     return out
 
 
@@ -87,4 +96,56 @@ def gddim(
                 y = y + w * e
             x_prev = math.sqrt(abar_s) * y
         x = finish_step(ctx, x_prev, hooks)
+    return x
+
+
+class DiagonalDiffusion:
+    """A linear diffusion that is diagonal in some basis: ``x_t = alpha_t * x_0 + sigma_t * eps``
+    elementwise, with per-index tensors ``alphas[i]``, ``sigmas[i]`` broadcastable to the sample
+    (blurring diffusion in a DCT / Fourier basis is one). Work in the basis: the denoiser sees and
+    returns basis coordinates. Index 0 is the least noisy level; sampling ends at x_0."""
+
+    def __init__(self, alphas: Tensor, sigmas: Tensor, timesteps: Tensor | None = None) -> None:
+        a, s = torch.as_tensor(alphas, dtype=torch.float64), torch.as_tensor(sigmas, dtype=torch.float64)
+        if a.shape != s.shape or a.ndim < 1 or a.shape[0] < 1:
+            raise ValueError(f"alphas {tuple(a.shape)} and sigmas {tuple(s.shape)} need one shape (levels, ...)")
+        if not (torch.isfinite(a).all() and torch.isfinite(s).all()) or (a <= 0).any() or (s <= 0).any():
+            raise ValueError("a diagonal diffusion needs finite alphas > 0 and sigmas > 0 at every level")
+        rho = s / a
+        if a.shape[0] > 1 and not (rho[1:] > rho[:-1]).all():
+            raise ValueError("sigma / alpha must increase with the level index at every coordinate")
+        self.alphas, self.sigmas = a, s
+        self.timesteps = torch.arange(a.shape[0]) if timesteps is None else torch.as_tensor(timesteps).long()
+
+    def __len__(self) -> int:
+        return self.alphas.shape[0]
+
+
+@torch.no_grad()
+def gddim_diagonal(
+    denoise: Denoiser,
+    x_T: Tensor,
+    process: DiagonalDiffusion,
+    *,
+    order: int = 0,
+) -> Tensor:
+    """gDDIM on a diagonal linear diffusion (``K_t = R_t = diag(sigma_t)``), every level of ``process``
+    walked from the last to index 0, then to x_0 (``rho = 0``). ``denoise(x, t)`` predicts eps.
+    With scalar alphas/sigmas this is :func:`gddim` on the same levels."""
+    if order not in (0, 1, 2, 3):
+        raise ValueError(f"gDDIM order must be 0, 1, 2 or 3, got {order}")
+    x = x_T
+    a_tab = process.alphas.to(device=x.device, dtype=x.dtype)
+    rho_tab = (process.sigmas / process.alphas).to(device=x.device, dtype=x.dtype)
+    history: list[tuple[Tensor, Tensor]] = []
+    for i in range(len(process) - 1, -1, -1):
+        t = torch.full((x.shape[0],), int(process.timesteps[i]), device=x.device, dtype=torch.long)
+        eps = denoise(x, t)
+        history = [*history, (rho_tab[i], eps)][-(order + 1):]
+        rho_s = rho_tab[i - 1] if i > 0 else torch.zeros_like(rho_tab[i])
+        weights = lagrange_weights([r for r, _ in history], rho_tab[i], rho_s)
+        y = x / a_tab[i]
+        for w, (_, e) in zip(weights, history):
+            y = y + w * e
+        x = y * a_tab[i - 1] if i > 0 else y
     return x
