@@ -1,6 +1,7 @@
 """Print the engine's sampler-accuracy table (Gaussian mixture with an exact denoiser).
 
-Usage: python evaluation/sampler_accuracy.py [--n 4000] [--seed 0] [--out evaluation/results/sampler_accuracy.md]
+Usage: python evaluation/sampler_accuracy.py [--n 4000] [--seed 0] [--masks]
+       [--out evaluation/results/sampler_accuracy.md]
 """
 
 import argparse
@@ -15,14 +16,16 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--masks", action="store_true", help="add learned step masks (EDDPM-style) for DDIM, ~1 min")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) to this file")
     a = p.parse_args()
-    table = format_table(sampler_accuracy(a.n, a.seed))
+    table = format_table(sampler_accuracy(a.n, a.seed, masks=a.masks))
     print(table)
     if a.out is not None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        head = (f"# Sampler accuracy on the exact Gaussian mixture\n\n`python evaluation/sampler_accuracy.py --n {a.n} "
-                f"--seed {a.seed}` (torch {torch.__version__}, {platform.machine()} CPU, {torch.get_num_threads()} "
-                "thread(s)); linear schedule, T = 1000, two-mode mixture in 4 dimensions, all samplers from the same "
-                "x_T. W1: mean per-coordinate 1-D Wasserstein distance to exact samples.\n\n")
+        cmd = f"python evaluation/sampler_accuracy.py --n {a.n} --seed {a.seed}{' --masks' if a.masks else ''}"
+        head = (f"# Sampler accuracy on the exact Gaussian mixture\n\n`{cmd}` (torch {torch.__version__}, "
+                f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)); linear schedule, T = 1000, "
+                "two-mode mixture in 4 dimensions, all samplers from the same x_T. W1: mean per-coordinate "
+                "1-D Wasserstein distance to exact samples.\n\n")
         a.out.write_text(head + table + "\n")

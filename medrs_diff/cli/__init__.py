@@ -28,7 +28,7 @@ __all__ = ["LIGHTNING_COMMANDS", "build_parser", "main"]
 def _cmd_samplers(args: argparse.Namespace) -> int:
     from ..diffusion.accuracy import format_table, sampler_accuracy
 
-    print(format_table(sampler_accuracy(args.n, args.seed)))
+    print(format_table(sampler_accuracy(args.n, args.seed, masks=args.masks)))
     return 0
 
 
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("samplers", help="sampler accuracy against an exact Gaussian-mixture denoiser")
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--masks", action="store_true", help="also learn DDIM step masks (EDDPM-style), ~1 min")
     p.set_defaults(func=_cmd_samplers)
     return parser
 
