@@ -79,7 +79,7 @@ class GaussianMixture:
 
     def denoiser(self, schedule: Schedule, prediction_type: str = "eps"):
         """``denoise(x_t, t)`` for training timesteps ``t`` of ``schedule``'s training chain."""
-        from .process import target_of, to_x0_eps
+        from .process import target_of
 
         table = schedule.parent_alphas_cumprod
 
@@ -89,7 +89,7 @@ class GaussianMixture:
             if prediction_type == "eps":
                 return eps
             a = abar.to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
-            x0, _ = to_x0_eps(eps, x_t, a, "eps")
+            x0 = self.posterior_mean(x_t, abar)  # exact, finite at abar = 0 (zero terminal SNR)
             return target_of(x0, eps, a, prediction_type)
 
         return denoise

@@ -19,18 +19,17 @@ def gm():
                            shape=SHAPE)
 
 
-def v_denoiser(gm, sched):
-    """Exact v-prediction from the posterior mean, finite at alpha-bar 0 (zero terminal SNR)."""
-    table = sched.parent_alphas_cumprod
-
-    def denoise(x_t, t):
-        a = table[t].to(x_t.dtype)
-        x0 = gm.posterior_mean(x_t, a)
-        a = a.reshape(-1, 1, 1, 1)
-        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
-        return a.sqrt() * eps - (1 - a).sqrt() * x0
-
-    return denoise
+def test_mixture_denoiser_is_finite_at_zero_terminal_snr(gm):
+    """v / x0 targets of the exact mixture denoiser come from its posterior mean: finite where alpha-bar = 0."""
+    sched = make_schedule("cosine", 50, zero_terminal_snr=True)
+    x_t = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    last = torch.full((8,), 49)
+    x0 = gm.denoiser(sched, "x0")(x_t, last)
+    v = gm.denoiser(sched, "v")(x_t, last)
+    assert torch.isfinite(x0).all() and torch.isfinite(v).all()
+    mean = (gm.weights[:, None] * gm.means).sum(0).reshape(SHAPE).to(x0.dtype)
+    torch.testing.assert_close(x0, mean.expand_as(x0))  # at alpha-bar 0 the posterior is the prior
+    torch.testing.assert_close(v, -x0)  # v = sqrt(a) eps - sqrt(1 - a) x0 with a = 0
 
 
 def _x_T(n=256, seed=0):
@@ -44,7 +43,7 @@ def _x_T(n=256, seed=0):
 ])
 def test_order_zero_is_ddim_exactly(gm, name, steps, spacing, ztsnr, ptype):
     sched = make_schedule(name, 1000, zero_terminal_snr=ztsnr)
-    den = v_denoiser(gm, sched) if ptype == "v" else gm.denoiser(sched)
+    den = gm.denoiser(sched, ptype)
     want = S.ddim(den, _x_T(), sched, steps=steps, spacing=spacing, prediction_type=ptype)
     got = S.gddim(den, _x_T(), sched, steps=steps, spacing=spacing, order=0, prediction_type=ptype)
     assert torch.isfinite(got).all() and torch.allclose(got, want, atol=1e-10, rtol=1e-10)
