@@ -8,6 +8,7 @@ short name among the subclasses of ``DictDataModule`` imported here.
 """
 
 from .anomaly import BrainAnomalyDataModule
+from .blindsr import BlindSRDataModule
 from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker, split_train_val
 from .clinical2d import Clinical2DSegmentationDataModule
 from .fusion import NiftiFusionDataModule
@@ -17,6 +18,7 @@ from .pet import PETDoseDataModule
 from .speckle import SpeckleDataModule
 
 __all__ = [
+    "BlindSRDataModule",
     "BrainAnomalyDataModule",
     "Clinical2DSegmentationDataModule",
     "DictDataModule",
