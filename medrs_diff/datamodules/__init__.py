@@ -8,8 +8,8 @@ short name among the subclasses of ``DictDataModule`` imported here.
 """
 
 from .anomaly import BrainAnomalyDataModule
-from .blindsr import BlindSRDataModule
 from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker, split_train_val
+from .blindsr import BlindSRDataModule
 from .clinical2d import Clinical2DSegmentationDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule

@@ -9,11 +9,12 @@ Each training item ``i`` of epoch ``e`` draws, from a generator seeded by ``(see
 (:meth:`~medrs_diff.data.seeding.EpochAware.item_rng`): a source, a degradation
 (:func:`~medrs_diff.data.degradations.sample_degradation`: ``mode`` iso / aniso / mixed, sigma in
 ``sigma_range``, noise up to ``noise_max`` on the 8-bit scale; or the fixed named ``degradation`` of
-:data:`~medrs_diff.data.degradations.TEST_GRID` for every item, e.g. ``bicubic``), two HR crops of
-``patch_size`` and their noise. The HR crop is scaled to model space with ``scaling`` and degraded there
-(range 2, so noise level n has std 2 n / 255), the LR clipped to [-1, 1] (the 8-bit saturation of the paper's
-data). Items: ``image`` (HR), ``cond`` (LR), ``cond_key`` (the second crop under the **same** degradation: the
-MoCo positive), ``degradation`` (sigma_x, sigma_y, theta, noise) and ``case``. Validation items are fixed: every
+:data:`~medrs_diff.data.degradations.TEST_GRID` for every item, e.g. ``bicubic``), a ``patch_size`` crop of
+the source and one of another source, and their noise. HR crops are scaled to model space with ``scaling``
+and degraded there (range 2, so noise level n has std 2 n / 255), the LR clipped to [-1, 1] (the 8-bit
+saturation of the paper's data). Items: ``image`` (HR), ``cond`` (LR), ``cond_key`` (the crop of **another**
+scene under the **same** degradation: the MoCo positive; another scene, so that content cannot identify the
+positive), ``degradation`` (sigma_x, sigma_y, theta, noise) and ``case``. Validation items are fixed: every
 validation source x every setting of ``val_settings`` x ``val_samples`` crops.
 """
 
@@ -87,10 +88,12 @@ class _DegradedCrops(EpochAware, Dataset):
         j = i % len(self.images) if self.fixed else int(rng.integers(len(self.images)))
         img = self.images[j]
         deg = self.degradation(i, rng)
+        n = len(self.images)
+        other = self.images[(j + 1 + int(rng.integers(n - 1))) % n] if n > 1 else img  # another scene
         crops = []
-        for _ in range(2):
-            sl = crop_slices(rng, img.shape[1:], (self.patch, self.patch))
-            crops.append(self.scaling.forward(torch.from_numpy(np.ascontiguousarray(img[:, sl[0], sl[1]]))).float())
+        for src in (img, other):
+            sl = crop_slices(rng, src.shape[1:], (self.patch, self.patch))
+            crops.append(self.scaling.forward(torch.from_numpy(np.ascontiguousarray(src[:, sl[0], sl[1]]))).float())
         lrs = [degrade(c, deg, rng, data_range=2.0, low=-1.0).clamp(-1, 1) for c in crops]
         vec = torch.tensor([deg.sigma_x, deg.sigma_y if deg.sigma_y is not None else deg.sigma_x, deg.theta,
                             deg.noise], dtype=torch.float32)

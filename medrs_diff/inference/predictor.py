@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..data.scaling import ScalingSpec, resolve
+from ..data.scaling import ScalingSpec, check_bit_depth, resolve
 from ..errors import ArgumentError, CheckpointError, DataError, MedrsError
 from ..methods.base import IOSpec, Method, check_sampler
 from .cases import LAYOUTS, ModalityCase, case_grid, find_cases, stack_case
@@ -396,6 +396,7 @@ class Predictor:
         data, invalid = apply_nan_policy(t.numpy(), "array", nan_policy, 0, "voxel" if dims == 3 else "pixel",
                                          per_channel=self.channelwise)
         t = torch.from_numpy(np.ascontiguousarray(data))
+        check_bit_depth(self.scaling, t, "array")  # e.g. 16-bit pixels into an 8-bit (dn8) model
         scaling = resolve(input_scaling(self.scaling, self.channelwise), t)
         outs = infer_volume(fn, scaling.forward(t), self.window(tuple(t.shape[1:]), tile), overlap, blend, batch,
                             device="cpu", sw_device=self.device, progress=progress, label_votes=self._label_votes())
@@ -594,6 +595,10 @@ class Predictor:
                 shape = (r.height, r.width)
             if not has_valid_data(src):
                 raise DataError(src, "holds only nodata / NaN pixels", "check the file and its nodata value")
+            if isinstance(self.scaling, str) and self.scaling.startswith("dn"):  # 16-bit file, 8-bit model
+                from ..io.geotiff import read_geotiff
+
+                check_bit_depth(self.scaling, read_geotiff(src).data, src)
             if nan_policy == "error":
                 n_bad, _ = nonfinite_pixels(src)
                 if n_bad:
@@ -607,6 +612,7 @@ class Predictor:
         data, _ = channel_first(np.asarray(arr.data), arr.geometry.layout, dims, src, channels)
         if np.issubdtype(data.dtype, np.floating):
             check_finite(data, src, nan_policy, 0, unit)
+        check_bit_depth(self.scaling, data, src)
         return tuple(data.shape[1:]), arr.geometry.affine is not None
 
     def _check_output(self, src: Source, kind: str, path: Path, has_affine: bool) -> None:

@@ -36,7 +36,7 @@ METHODS: dict[str, type[Method]] = {
 }
 
 __all__ = [
-    "BCDPM", "DDFM", "BlindSRSNF", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
-    "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
+    "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
+    "BlindSRSNF", "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
     "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
 ]

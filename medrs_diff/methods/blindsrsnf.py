@@ -17,8 +17,8 @@ Faithful to the paper and the facts of its code (``../shared/reference/remote_se
   ``contrast_weight`` (0.05) x InfoNCE; the engine's cosine schedule, T = 1000;
 - **sampling**: DDIM, 20 steps, eta 0, ``leading`` spacing (the code's ``skip: 50``: t = 0, 50, ..., 950).
 
-Not from the paper: no BatchNorm in the degradation encoder (see the nets module), and the InfoNCE also uses
-the in-batch keys as negatives (every other batch element has another degradation).
+Not from the paper: the InfoNCE also uses the in-batch keys as negatives (every other batch element has
+another degradation), and the positive is a patch of another scene (content cannot identify it).
 
 Bad input (one error each, before compute): an LR/HR pair or ``scale=`` at another factor than the model's
 (:meth:`check_scale`); an LR tile smaller than :attr:`min_lr_size` (one blur kernel footprint on the LR grid,
@@ -146,9 +146,9 @@ class BlindSRSNF(DiffusionMethod):
         h, w = x.shape[-2:]
         m = self.min_lr_size
         if min(h, w) < m:
-            raise DataError(where, f"LR tile {h}x{w} is smaller than {m}x{m}, the blur kernel's footprint at x{self.scale} "
-                            "that the degradation encoder needs to see", f"give tiles of at least {m} LR pixels "
-                            f"(--tile {m} or more) or a larger image")
+            raise DataError(where, f"LR tile {h}x{w} is smaller than {m}x{m}, the blur kernel's footprint at "
+                            f"x{self.scale} that the degradation encoder needs to see",
+                            f"give tiles of at least {m} LR pixels (--tile {m} or more) or a larger image")
         big = float(x.detach().abs().amax()) if x.numel() else 0.0
         if not math.isfinite(big):
             raise DataError(where, "holds NaN or inf", "fill or mask non-finite pixels first")

@@ -1,9 +1,10 @@
 """BlindSRSNF's nets: the degradation encoder (MoCo), degradation-aware dynamic convolutions and the denoiser.
 
-- :class:`DegradationEncoder`: DASR's encoder shape (six 3 x 3 convs, two of stride 2, LeakyReLU, global
+- :class:`DegradationEncoder`: DASR's encoder (six 3 x 3 convs, two of stride 2, BatchNorm, LeakyReLU, global
   average pooling) giving the ``dim``-d degradation representation (64 in BlindSRSNF), plus an MLP
-  projection head for the InfoNCE loss. No BatchNorm (DASR has it): inference runs on single tiles, and the
-  representation must not depend on the batch.
+  projection head for the InfoNCE loss. BatchNorm uses running statistics in eval mode, so a tile's code does
+  not depend on its batch at inference (per-sample GroupNorm was tried: it divides out the noise level and
+  the codes collapsed on phantoms).
 - :class:`DAConv`: DASR's ``DA_conv``. The representation predicts a per-sample depthwise ``k x k`` kernel
   (applied by a grouped conv) followed by a 1 x 1 conv, plus a channel attention from the representation;
   ``out = conv1x1(relu(dwconv_r(x))) + x * sigmoid(att(r))``.
@@ -36,7 +37,7 @@ class DegradationEncoder(nn.Module):
         spec = [(in_channels, w, 1), (w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2), (4 * w, 4 * w, 1)]
         layers: list[nn.Module] = []
         for cin, cout, stride in spec:
-            layers += [nn.Conv2d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.1, inplace=True)]
+            layers += [nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)]
         self.body = nn.Sequential(*layers)
         self.to_rep = nn.Linear(4 * w, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.1, inplace=True), nn.Linear(dim, dim))
