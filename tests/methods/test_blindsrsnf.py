@@ -88,10 +88,9 @@ def test_loss_terms_and_moco_updates():
     assert all(p.grad is None for p in m.deg_encoder_key.parameters())
     # total = x0 loss + L1(SR estimate) + 0.05 InfoNCE (eval mode: no queue / momentum changes between calls)
     m.eval()
-    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    total, logs = m.loss(batch, generator=g())
-    assert float(total.detach()) == pytest.approx(float(logs["loss_simple"] + logs["loss_sr"] + 0.05 * logs["loss_infonce"]),
-                                         rel=1e-5)
+    total, logs = m.loss(batch, generator=torch.Generator().manual_seed(2))
+    parts = logs["loss_simple"] + logs["loss_sr"] + 0.05 * logs["loss_infonce"]
+    assert float(total.detach()) == pytest.approx(float(parts), rel=1e-5)
 
 
 def test_predict_outputs_and_seeded():
@@ -209,6 +208,7 @@ def test_blindsrsnf_beats_bicubic_trained_srdiff_under_an_unseen_blur():
     assert score(on_bicubic["prediction"]) > score(on_bicubic["baseline"])  # SRDiff works on its own degradation
     lr = degrade(hr, setting("aniso_3.6_2.4_t45_n0")).clamp(-1, 1)
     b = score(blind.predict({"cond": lr}, steps=10, generator=torch.Generator().manual_seed(0))["prediction"])
-    s = score(sr.predict({"cond": lr}, sampler="ddim", steps=20, generator=torch.Generator().manual_seed(0))["prediction"])
+    s = score(sr.predict({"cond": lr}, sampler="ddim", steps=20,
+                         generator=torch.Generator().manual_seed(0))["prediction"])
     print(f"unseen blur: BlindSRSNF {b:.2f} dB, SRDiff (bicubic-trained) {s:.2f} dB")
     assert b > s + 1.0
