@@ -4,7 +4,9 @@
   average pooling) giving the ``dim``-d degradation representation (64 in BlindSRSNF), plus an MLP
   projection head for the InfoNCE loss. BatchNorm uses running statistics in eval mode, so a tile's code does
   not depend on its batch at inference (per-sample GroupNorm was tried: it divides out the noise level and
-  the codes collapsed on phantoms).
+  the codes collapsed on phantoms). A BatchNorm on the pooled features centres them (MoCo v3's heads).
+  ``high_pass`` (default, not in the paper): the encoder sees the LR minus its 3 x 3 local mean, since blur
+  and noise live in the high frequencies and the scene's colour otherwise dominates the code.
 - :class:`DAConv`: DASR's ``DA_conv``. The representation predicts a per-sample depthwise ``k x k`` kernel
   (applied by a grouped conv) followed by a 1 x 1 conv, plus a channel attention from the representation;
   ``out = conv1x1(relu(dwconv_r(x))) + x * sigmoid(att(r))``.
@@ -31,20 +33,24 @@ __all__ = ["BlindSRDenoiser", "DAConv", "DAResBlock", "DegradationEncoder"]
 class DegradationEncoder(nn.Module):
     """LR image -> (representation ``(B, dim)``, projection ``(B, dim)``); see the module notes."""
 
-    def __init__(self, in_channels: int, dim: int = 64, width: int = 64) -> None:
+    def __init__(self, in_channels: int, dim: int = 64, width: int = 64, high_pass: bool = True) -> None:
         super().__init__()
+        self.high_pass = high_pass
         w = width
         spec = [(in_channels, w, 1), (w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2), (4 * w, 4 * w, 1)]
         layers: list[nn.Module] = []
         for cin, cout, stride in spec:
             layers += [nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)]
         self.body = nn.Sequential(*layers)
+        self.pool_norm = nn.BatchNorm1d(4 * w)  # centres the pooled features across the batch (MoCo v3 heads)
         self.to_rep = nn.Linear(4 * w, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.1, inplace=True), nn.Linear(dim, dim))
         self.dim = dim
 
     def forward(self, lr: Tensor) -> tuple[Tensor, Tensor]:
-        rep = self.to_rep(self.body(lr).mean(dim=(2, 3)))
+        if self.high_pass:  # blur and noise live in the high frequencies; the scene's colour does not
+            lr = lr - F.avg_pool2d(lr, 3, 1, 1, count_include_pad=False)
+        rep = self.to_rep(self.pool_norm(self.body(lr).mean(dim=(2, 3))))
         return rep, self.mlp(rep)
 
 

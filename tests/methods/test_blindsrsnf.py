@@ -129,7 +129,7 @@ def test_degradation_codes_separate_degradations_after_training_on_phantoms(tmp_
     from medrs_diff.datamodules import BlindSRDataModule
 
     torch.manual_seed(0)
-    steps = 150
+    steps = 100
     dm = BlindSRDataModule(str(tmp_path / "none"), phantoms=8, phantom_size=96, patch_size=64, batch_size=16,
                            samples_per_epoch=16 * steps, mode="mixed", val_fraction=0.25)
     dm.setup()
@@ -190,7 +190,7 @@ def test_blindsrsnf_beats_bicubic_trained_srdiff_under_an_unseen_blur():
     torch.manual_seed(0)
     g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     blind = BlindSRSNF(in_channels=3, scale=4, **{**TINY, "queue_size": 64}, timesteps=100, moco_momentum=0.99)
-    _train(blind, lambda: _blind_batch(8, g, rng), 200, g)
+    _train(blind, lambda: _blind_batch(8, g, rng), 150, g)
     sr = SRDiff(in_channels=3, scale=4, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
                 norm_num_groups=8, rrdb_blocks=2, rrdb_features=16, rrdb_growth=8, pretrain_steps=100)
 
