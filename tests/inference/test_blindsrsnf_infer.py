@@ -29,8 +29,9 @@ def _checkpoint(method, path, scaling, patch_size):
 
 
 def _geotiff(path, a, res=40.0):
+    transform = from_origin(300_000, 5_000_000, res, res)
     with rasterio.open(path, "w", driver="GTiff", width=a.shape[2], height=a.shape[1], count=a.shape[0],
-                       dtype=a.dtype.name, crs="EPSG:32633", transform=from_origin(300_000, 5_000_000, res, res)) as dst:
+                       dtype=a.dtype.name, crs="EPSG:32633", transform=transform) as dst:
         dst.write(a)
 
 
