@@ -67,7 +67,10 @@ def bigearthnet_scenes(root: str | Path, bands: Sequence[str] = S2_10M) -> tuple
     return ims, [p.name for p in patches]
 
 
-class _DegradedCrops(EpochAware, Dataset):
+class DegradedCrops(EpochAware, Dataset):
+    """Items of :class:`BlindSRDataModule` from in-memory HR ``images`` (C, H, W) in data units (see the module
+    notes); ``settings``: fixed degradations (cycled when ``fixed``, else drawn), None: drawn by ``sample``."""
+
     def __init__(self, images: list[np.ndarray], names: list[str], *, patch: int, scale: int, length: int, seed: int,
                  scaling: Scaling, fixed: bool, settings: Sequence[Degradation] | None, sample: dict[str, Any]) -> None:
         self.images, self.names, self.patch, self.scale = images, names, patch, scale
@@ -189,10 +192,10 @@ class BlindSRDataModule(DictDataModule):
         scaling = resolve(self.scaling_name)
         pick = lambda ks: ([ims[k] for k in ks], [names[k] for k in ks])  # noqa: E731
         common = dict(patch=self.patch, scale=self.scale, scaling=scaling, sample=self.sample)
-        self.train_dataset = _DegradedCrops(*pick(tr), length=self.samples_per_epoch, seed=self.seed, fixed=False,
+        self.train_dataset = DegradedCrops(*pick(tr), length=self.samples_per_epoch, seed=self.seed, fixed=False,
                                             settings=self.fixed, **common)
         n_val = len(va) * len(self.val_settings) * self.val_samples
-        self.val_dataset = _DegradedCrops(*pick(va), length=n_val, seed=self.seed + 1, fixed=True,
+        self.val_dataset = DegradedCrops(*pick(va), length=n_val, seed=self.seed + 1, fixed=True,
                                           settings=self.val_settings, **common)
         self.test_dataset = self.val_dataset
 
@@ -202,4 +205,4 @@ class BlindSRDataModule(DictDataModule):
         return loader
 
 
-__all__ = ["TEST_GRID", "BlindSRDataModule", "bigearthnet_scenes", "land_cover_scene"]
+__all__ = ["TEST_GRID", "BlindSRDataModule", "DegradedCrops", "bigearthnet_scenes", "land_cover_scene"]
