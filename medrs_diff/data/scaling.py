@@ -262,3 +262,23 @@ def model_to_mask(y: Array, threshold: float = 0.0) -> Array:
     """Model-space mask -> binary {0, 1} by thresholding at ``threshold`` (0 = halfway)."""
     out = y > threshold
     return out.to(torch.uint8) if isinstance(out, torch.Tensor) else out.astype(np.uint8)
+
+
+def check_bit_depth(spec: ScalingSpec, x: Array, where: object = None) -> None:
+    """Refuse data above the top of an n-bit digital-number scaling (``dn8``: 255), e.g. 16-bit pixels given to a
+    model trained on 8-bit images, which the scaling would silently clip to white. Other scalings pass."""
+    if isinstance(spec, str) and not spec.startswith("dn"):
+        return
+    scaling = spec if isinstance(spec, Scaling) else resolve(spec) if isinstance(spec, str) else None
+    if scaling is None or not scaling.kind.startswith("dn") or scaling.clip_max is None:
+        return
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    finite = a[np.isfinite(a)] if np.issubdtype(a.dtype, np.floating) else a.ravel()
+    top = max(scaling.clip_max)
+    big = float(finite.max()) if finite.size else 0.0
+    if big > top:
+        n = scaling.kind[2:]
+        raise DataError(where, f"values reach {big:g}, above {top:g}, the top of the {scaling.kind} range this model "
+                        f"was trained on: data of more than {n} bits (e.g. 16-bit) given to an {n}-bit model",
+                        f"convert the image to {n} bits as the training data were (e.g. a percentile stretch), "
+                        "or use a model trained on data of this bit depth (scaling dn16 or reflectance)")

@@ -9,6 +9,7 @@ short name among the subclasses of ``DictDataModule`` imported here.
 
 from .anomaly import BrainAnomalyDataModule
 from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker, split_train_val
+from .blindsr import BlindSRDataModule
 from .clinical2d import Clinical2DSegmentationDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
@@ -17,6 +18,7 @@ from .pet import PETDoseDataModule
 from .speckle import SpeckleDataModule
 
 __all__ = [
+    "BlindSRDataModule",
     "BrainAnomalyDataModule",
     "Clinical2DSegmentationDataModule",
     "DictDataModule",

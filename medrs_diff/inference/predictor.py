@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..data.scaling import ScalingSpec, resolve
+from ..data.scaling import ScalingSpec, check_bit_depth, resolve
 from ..errors import ArgumentError, CheckpointError, DataError, MedrsError
 from ..methods.base import IOSpec, Method, check_sampler
 from .cases import LAYOUTS, ModalityCase, case_grid, find_cases, stack_case
@@ -397,6 +397,7 @@ class Predictor:
         data, invalid = apply_nan_policy(t.numpy(), "array", nan_policy, 0, "voxel" if dims == 3 else "pixel",
                                          per_channel=self.channelwise)
         t = torch.from_numpy(np.ascontiguousarray(data))
+        check_bit_depth(self.scaling, t, "array")  # e.g. 16-bit pixels into an 8-bit (dn8) model
         scaling = resolve(input_scaling(self.scaling, self.channelwise), t)
         warn_input_clipping(f"array {case}".rstrip(), scaling, t)
         outs = infer_volume(fn, scaling.forward(t), self.window(tuple(t.shape[1:]), tile), overlap, blend, batch,
@@ -596,6 +597,10 @@ class Predictor:
                 shape = (r.height, r.width)
             if not has_valid_data(src):
                 raise DataError(src, "holds only nodata / NaN pixels", "check the file and its nodata value")
+            if isinstance(self.scaling, str) and self.scaling.startswith("dn"):  # 16-bit file, 8-bit model
+                with open_geotiff(src) as r:  # a decimated view: bounded memory, enough to see the range
+                    view = r.read(out_shape=(r.count, min(r.height, 1024), min(r.width, 1024)), masked=True)
+                check_bit_depth(self.scaling, view.filled(0), src)
             if nan_policy == "error":
                 n_bad, _ = nonfinite_pixels(src)
                 if n_bad:
@@ -609,6 +614,7 @@ class Predictor:
         data, _ = channel_first(np.asarray(arr.data), arr.geometry.layout, dims, src, channels)
         if np.issubdtype(data.dtype, np.floating):
             check_finite(data, src, nan_policy, 0, unit)
+        check_bit_depth(self.scaling, data, src)
         return tuple(data.shape[1:]), arr.geometry.affine is not None
 
     def _check_output(self, src: Source, kind: str, path: Path, has_affine: bool) -> None:

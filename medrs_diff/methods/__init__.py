@@ -5,6 +5,7 @@ from .anoddpm import AnoDDPM
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
 from .bcdpm import BCDPM
+from .blindsrsnf import BlindSRSNF
 from .ddfm import DDFM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
@@ -31,10 +32,11 @@ METHODS: dict[str, type[Method]] = {
     "retinal_mask_ddpm": RetinalMaskDDPM,
     "retinal_image_ddpm": RetinalImageDDPM,
     "sar_ddpm": SARDDPM,
+    "blindsrsnf": BlindSRSNF,
 }
 
 __all__ = [
     "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
-    "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
+    "BlindSRSNF", "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
     "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
 ]

@@ -42,6 +42,8 @@ TINY = {
                                num_head_channels=16, norm_num_groups=8, timesteps=50),
     "sar_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
                      norm_num_groups=8, timesteps=50, cycle_shifts=2),
+    "blindsrsnf": dict(in_channels=3, scale=2, channels=(16, 32), num_res_blocks=1, norm_num_groups=8, rrdb_blocks=2,
+                       rrdb_features=16, rrdb_growth=8, deg_dim=16, deg_width=8, queue_size=16),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -121,6 +123,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                                  {"size_multiple": 2})
     assert specs["sar_ddpm"] == IOSpec({"cond": 1}, ("prediction",), 2, 1, "image", ("prediction",),
                                        {"size_multiple": 2})
+    # BlindSRSNF x2: fold-2 unshuffle and one downsampling (HR multiples of 4: LR multiples of 2)
+    assert specs["blindsrsnf"] == IOSpec({"cond": 3}, sr_out, 2, 2, "image", ("prediction",), {"size_multiple": 2})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -148,6 +152,7 @@ def test_predict_returns_every_declared_output():
         "retinal_mask_ddpm": {"label": torch.zeros(2, 1, 16, 16)},
         "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
         "sar_ddpm": {"cond": torch.rand(2, 1, 16, 16) * 2 - 1},
+        "blindsrsnf": {"cond": torch.rand(2, 3, 12, 12) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
