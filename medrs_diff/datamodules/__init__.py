@@ -10,6 +10,7 @@ short name among the subclasses of ``DictDataModule`` imported here.
 from .anomaly import BrainAnomalyDataModule
 from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker, split_train_val
 from .clinical2d import Clinical2DSegmentationDataModule
+from .cloud import CloudSeriesDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
@@ -19,6 +20,7 @@ from .speckle import SpeckleDataModule
 __all__ = [
     "BrainAnomalyDataModule",
     "Clinical2DSegmentationDataModule",
+    "CloudSeriesDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",
     "NiftiFusionDataModule",
