@@ -5,6 +5,7 @@ from .anoddpm import AnoDDPM
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
 from .bcdpm import BCDPM
+from .cloud_baselines import CloudRegressionUNet
 from .ddfm import DDFM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
@@ -33,10 +34,11 @@ METHODS: dict[str, type[Method]] = {
     "retinal_image_ddpm": RetinalImageDDPM,
     "sar_ddpm": SARDDPM,
     "seqdm": SeqDM,
+    "cloud_regression_unet": CloudRegressionUNet,
 }
 
 __all__ = [
     "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
     "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
-    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff", "SeqDM",
+    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff", "SeqDM", "CloudRegressionUNet",
 ]
