@@ -129,9 +129,9 @@ def test_baselines_closed_forms():
     mask[0, 1] = 1  # date 1 all cloudy
     mask[0, 2, 0, 1] = 1  # date 2 half cloudy (bottom row)
     mosaic = least_cloudy_mosaic(cond, mask)
-    assert mosaic[0, 0].tolist() == [[3.0, 1.0], [1.0, 1.0]]  # date 0 (least cloudy) except where cloudy -> date 2 (next)
+    assert mosaic[0, 0].tolist() == [[3.0, 1.0], [1.0, 1.0]]  # date 0, where cloudy date 2
     med = temporal_median(cond, mask)
-    assert med[0, 0].tolist() == [[3.0, 1.0], [1.0, 1.0]]  # (0, 0): only date 2 clear; (0, 1): lower median of {1, 3}
+    assert med[0, 0].tolist() == [[3.0, 1.0], [1.0, 1.0]]  # (0, 1): lower median of {1, 3}
     allc = temporal_median(cond, torch.ones_like(mask))
     assert allc[0, 0].tolist() == [[2.0, 2.0], [2.0, 2.0]]  # nothing clear: median of every date
 
