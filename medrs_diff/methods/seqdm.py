@@ -42,6 +42,60 @@ SAR_VALID = K.SAR_VALID
 DATE_VALID = K.DATE_VALID
 
 
+def check_sequence(batch: dict[str, Any], bands: int, sar_channels: int) -> dict[str, Tensor]:
+    """The checked date tensors of a batch: cond, mask, sar, sar_valid (B, T), date_valid (B, T)."""
+    s2 = batch.get(K.COND)
+    if not isinstance(s2, Tensor) or s2.ndim != 5:
+        raise DataError("cond", f"expected cloudy S2 dates (B, T, C, H, W), got "
+                        f"{tuple(s2.shape) if isinstance(s2, Tensor) else type(s2).__name__}",
+                        "give a time axis (one date: T = 1)")
+    b, t, c, h, w = s2.shape
+    if t == 0:
+        raise DataError("cond", "the date sequence is empty (T = 0)", "give at least one S2 date")
+    if c != bands:
+        raise DataError("cond", f"the model expects {bands} S2 band(s) but got {c}",
+                        f"give the {bands} bands the model was trained with (a band is missing?)")
+    mask = batch.get(K.CLOUD_MASK)
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != (b, t, 1, h, w):
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else None
+        raise DataError("cloud_mask", f"shape {got} differs from (B, T, 1, H, W) = {(b, t, 1, h, w)} of the S2 "
+                        "dates", "give one cloud mask per date on the S2 grid")
+    valid = batch.get(DATE_VALID)
+    valid = torch.ones(b, t, dtype=torch.bool, device=s2.device) if valid is None else valid.bool()
+    if not bool(valid.any(dim=1).all()):
+        raise DataError("date_valid", "a batch element has no valid date (empty sequence)",
+                        "give at least one S2 date per element")
+    sar = batch.get(K.SAR)
+    if sar_channels:
+        if sar is None:
+            sar = torch.zeros(b, t, sar_channels, h, w, device=s2.device)
+            sar_valid = torch.zeros(b, t, device=s2.device)
+        else:
+            if tuple(sar.shape) != (b, t, sar_channels, h, w):
+                raise DataError("sar", f"shape {tuple(sar.shape)} differs from {(b, t, sar_channels, h, w)}",
+                                f"give {sar_channels} S1 channel(s) per date on the S2 grid")
+            sv = batch.get(SAR_VALID)
+            sar_valid = torch.ones(b, t, device=s2.device) if sv is None else sv.float()
+    else:
+        sar, sar_valid = None, None
+    for name, x in (("cond", s2), ("cloud_mask", mask), ("sar", sar)):
+        if x is not None and not bool(torch.isfinite(x).all()):
+            raise DataError(name, "holds NaN or inf", "fill nodata before cloud removal")
+    return {"s2": s2, "mask": mask.float(), "sar": sar, "sar_valid": sar_valid, "valid": valid}
+
+def date_condition(seq: dict[str, Tensor], k: Tensor | int) -> Tensor:
+    """The UNet condition of date ``k`` (an int, or one index per batch element): S2, mask, S1, S1 flag."""
+    b = seq["s2"].shape[0]
+    idx = torch.full((b,), int(k), device=seq["s2"].device) if isinstance(k, int) else k
+    rows = torch.arange(b, device=idx.device)
+    parts = [seq["s2"][rows, idx], seq["mask"][rows, idx]]
+    if seq["sar"] is not None:
+        sv = seq["sar_valid"][rows, idx].view(b, 1, 1, 1)
+        sar = seq["sar"][rows, idx]
+        parts += [sar * sv, sv.expand(b, 1, *sar.shape[2:])]
+    return torch.cat(parts, dim=1)
+
+
 class SeqDM(DiffusionMethod):
     """Cloudy S2 dates (+ S1, masks) -> clear S2; batch ``cond`` (B, T, C, H, W), ``cloud_mask`` (B, T, 1, H, W),
     ``sar`` (B, T, S, H, W), optional ``sar_valid`` (B, T) and ``date_valid`` (B, T)."""
@@ -110,57 +164,12 @@ class SeqDM(DiffusionMethod):
 
     # -- inputs ---------------------------------------------------------------------------------------
     def sequence(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """The checked date tensors of a batch: cond, mask, sar, sar_valid (B, T), date_valid (B, T)."""
-        s2 = batch.get(K.COND)
-        if not isinstance(s2, Tensor) or s2.ndim != 5:
-            raise DataError("cond", f"expected cloudy S2 dates (B, T, C, H, W), got "
-                            f"{tuple(s2.shape) if isinstance(s2, Tensor) else type(s2).__name__}",
-                            "give a time axis (one date: T = 1)")
-        b, t, c, h, w = s2.shape
-        if t == 0:
-            raise DataError("cond", "the date sequence is empty (T = 0)", "give at least one S2 date")
-        if c != self.in_channels:
-            raise DataError("cond", f"the model expects {self.in_channels} S2 band(s) but got {c}",
-                            f"give the {self.in_channels} bands the model was trained with (a band is missing?)")
-        mask = batch.get(K.CLOUD_MASK)
-        if not isinstance(mask, Tensor) or tuple(mask.shape) != (b, t, 1, h, w):
-            got = tuple(mask.shape) if isinstance(mask, Tensor) else None
-            raise DataError("cloud_mask", f"shape {got} differs from (B, T, 1, H, W) = {(b, t, 1, h, w)} of the S2 "
-                            "dates", "give one cloud mask per date on the S2 grid")
-        valid = batch.get(DATE_VALID)
-        valid = torch.ones(b, t, dtype=torch.bool, device=s2.device) if valid is None else valid.bool()
-        if not bool(valid.any(dim=1).all()):
-            raise DataError("date_valid", "a batch element has no valid date (empty sequence)",
-                            "give at least one S2 date per element")
-        sar = batch.get(K.SAR)
-        if self.sar_channels:
-            if sar is None:
-                sar = torch.zeros(b, t, self.sar_channels, h, w, device=s2.device)
-                sar_valid = torch.zeros(b, t, device=s2.device)
-            else:
-                if tuple(sar.shape) != (b, t, self.sar_channels, h, w):
-                    raise DataError("sar", f"shape {tuple(sar.shape)} differs from {(b, t, self.sar_channels, h, w)}",
-                                    f"give {self.sar_channels} S1 channel(s) per date on the S2 grid")
-                sv = batch.get(SAR_VALID)
-                sar_valid = torch.ones(b, t, device=s2.device) if sv is None else sv.float()
-        else:
-            sar, sar_valid = None, None
-        for name, x in (("cond", s2), ("cloud_mask", mask), ("sar", sar)):
-            if x is not None and not bool(torch.isfinite(x).all()):
-                raise DataError(name, "holds NaN or inf", "fill nodata before cloud removal")
-        return {"s2": s2, "mask": mask.float(), "sar": sar, "sar_valid": sar_valid, "valid": valid}
+        """The checked date tensors of a batch (:func:`check_sequence`)."""
+        return check_sequence(batch, self.in_channels, self.sar_channels)
 
     def date_condition(self, seq: dict[str, Tensor], k: Tensor | int) -> Tensor:
-        """The UNet condition of date ``k`` (an int, or one index per batch element): S2, mask, S1, S1 flag."""
-        b = seq["s2"].shape[0]
-        idx = torch.full((b,), int(k), device=seq["s2"].device) if isinstance(k, int) else k
-        rows = torch.arange(b, device=idx.device)
-        parts = [seq["s2"][rows, idx], seq["mask"][rows, idx]]
-        if seq["sar"] is not None:
-            sv = seq["sar_valid"][rows, idx].view(b, 1, 1, 1)
-            sar = seq["sar"][rows, idx]
-            parts += [sar * sv, sv.expand(b, 1, *sar.shape[2:])]
-        return torch.cat(parts, dim=1)
+        """The UNet condition of date ``k`` (:func:`date_condition`)."""
+        return date_condition(seq, k)
 
     # -- training -------------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
@@ -229,4 +238,4 @@ class SeqDM(DiffusionMethod):
         return cols, ("cloudy date 1", "prediction", "reference")
 
 
-__all__ = ["DATE_VALID", "SAR_VALID", "SeqDM"]
+__all__ = ["DATE_VALID", "SAR_VALID", "SeqDM", "check_sequence", "date_condition"]
