@@ -139,3 +139,23 @@ def test_bad_sequences_stop_with_one_clear_error():
         m.predict({**b, K.DATE_VALID: torch.zeros_like(b[K.DATE_VALID])})
     with pytest.raises(ArgumentError, match="cloudy_weight"):
         SeqDM(**{**TINY, "cloudy_weight": 0.0})
+
+
+def test_unet_regression_baseline_folds_dates_like_seqtis():
+    from medrs_diff.methods import CloudRegressionUNet
+
+    torch.manual_seed(0)
+    m = CloudRegressionUNet(bands=4, channels=(8, 16), num_res_units=1).eval()
+    one = _batch(1)
+    from medrs_diff.methods.seqdm import check_sequence, date_condition
+
+    seq = check_sequence(one, 4, 2)
+    direct = m.net(date_condition(seq, 0)).clamp(-1, 1)
+    assert torch.equal(m.predict(one)["prediction"], direct)
+    two = _batch(2, seed=3)
+    swapped = {k: (v[:, [1, 0]] if k in (K.COND, K.CLOUD_MASK, K.SAR, K.SAR_VALID, K.DATE_VALID) else v)
+               for k, v in two.items()}
+    assert torch.allclose(m.predict(two)["prediction"], m.predict(swapped)["prediction"], atol=1e-5)
+    m.train()
+    loss, logs = m.loss(two, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and "loss_l1" in logs
