@@ -57,15 +57,17 @@ def test_registered_and_io_spec():
     assert spec.outputs == ("prediction", "uncertainty") and spec.data_space == ("prediction",)
 
 
-def test_one_date_equals_the_single_date_model():
+@pytest.mark.parametrize("prediction_type", ["eps", "x0"])
+def test_one_date_equals_the_single_date_model(prediction_type):
     torch.manual_seed(0)
-    m = SeqDM(**TINY).eval()
+    m = SeqDM(**TINY, prediction_type=prediction_type).eval()
     b = _batch(1)
     got = m.predict(b, sampler="ddim", steps=5, generator=torch.Generator().manual_seed(3))["prediction"]
     seq = m.sequence(b)
     cond = m.date_condition(seq, 0)
     ref = sample_n(lambda x, t: m.unet(x, t, cond=cond), (1, 4, 16, 16), m.schedule, n_samples=1, sampler="ddim",
-                   steps=5, device=torch.device("cpu"), generator=torch.Generator().manual_seed(3), clip=True)
+                   steps=5, device=torch.device("cpu"), generator=torch.Generator().manual_seed(3), clip=True,
+                   prediction_type=prediction_type)
     assert torch.equal(got, ref[0].clamp(-1, 1))
 
 
@@ -137,6 +139,10 @@ def test_bad_sequences_stop_with_one_clear_error():
         m.predict({**b, K.COND: b[K.COND][:, :, :3]})
     with pytest.raises(DataError, match="no valid date"):
         m.predict({**b, K.DATE_VALID: torch.zeros_like(b[K.DATE_VALID])})
+    with pytest.raises(ArgumentError, match="takes eps predictions"):
+        SeqDM(**TINY, prediction_type="x0").predict(b, sampler="dpm_solver_pp", steps=2)
+    with pytest.raises(ArgumentError, match="prediction_type"):
+        SeqDM(**TINY, prediction_type="score")
     with pytest.raises(ArgumentError, match="cloudy_weight"):
         SeqDM(**{**TINY, "cloudy_weight": 0.0})
 
