@@ -69,7 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True,
                    help="a file or a folder of files of any readable type (NIfTI, GeoTIFF, PNG / JPEG, .npy, ...); "
                         "for a multi-modal checkpoint also a BraTS case folder <case>/<case>-<m>.nii.gz, a folder "
-                        "of such cases or a flat folder of <case>_<m>.nii.gz files (outputs <case>.nii.gz)")
+                        "of such cases or a flat folder of <case>_<m>.nii.gz files (outputs <case>.nii.gz); for a "
+                        "time-series checkpoint (SeqDMs) a manifest CSV (columns s2[,s1][,mask], one row per date) "
+                        "or a folder of <date>_s2.tif [+ <date>_s1.tif, <date>_mask.tif]")
     p.add_argument("--output", required=True, help="output file (single input) or folder")
     p.add_argument("--sampler", default=None, type=_sampler_choice(), help="default: the method's own")
     p.add_argument("--steps", type=_at_least_one, default=None, help="sampling steps >= 1 (default: the method's)")
@@ -115,6 +117,15 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
                                 "has no mask threshold", "drop --threshold")
         set_threshold(args.threshold)
         predictor = dataclasses.replace(predictor, io_spec=predictor.method.io_spec)
+
+    if predictor.io_spec.extra.get("sequence"):  # SeqDMs: --input is a manifest CSV or a folder of dates
+        from ..inference.series import infer_series_checkpoint
+
+        paths = infer_series_checkpoint(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap,
+                                        batch=args.batch, sampler=args.sampler, steps=args.steps,
+                                        n_samples=args.n_samples, seed=args.seed)
+        print(f"{args.input} -> " + ", ".join(str(p) for p in paths.values()), flush=True)
+        return [paths]
 
     def report(src: object, paths: dict[str, Path]) -> None:
         print(f"{src} -> " + ", ".join(str(p) for p in paths.values()), flush=True)

@@ -23,6 +23,9 @@ LABEL = "label"
 MASK = "mask"
 SAR = "sar"
 CLOUD_MASK = "cloud_mask"
+#: per-date flags of time series (B, T): S1 present on that date; the date is real (not padding)
+SAR_VALID = "sar_valid"
+DATE_VALID = "date_valid"
 
 AFFINE = "affine"
 SPACING = "spacing"

@@ -11,6 +11,7 @@ from .anomaly import BrainAnomalyDataModule
 from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_worker, split_train_val
 from .blindsr import BlindSRDataModule
 from .clinical2d import Clinical2DSegmentationDataModule
+from .cloud import CloudSeriesDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
@@ -21,6 +22,7 @@ __all__ = [
     "BlindSRDataModule",
     "BrainAnomalyDataModule",
     "Clinical2DSegmentationDataModule",
+    "CloudSeriesDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",
     "NiftiFusionDataModule",

@@ -6,6 +6,7 @@ from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
 from .bcdpm import BCDPM
 from .blindsrsnf import BlindSRSNF
+from .cloud_baselines import CloudRegressionUNet
 from .ddfm import DDFM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
@@ -14,6 +15,7 @@ from .regression_unet import RegressionUNet
 from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .sar_ddpm import SARDDPM
 from .segdiff import SegDiff
+from .seqdm import SeqDM
 from .srdiff import SRDiff
 
 #: Registered methods by short name (recipes and checkpoints may name them so).
@@ -33,10 +35,8 @@ METHODS: dict[str, type[Method]] = {
     "retinal_image_ddpm": RetinalImageDDPM,
     "sar_ddpm": SARDDPM,
     "blindsrsnf": BlindSRSNF,
+    "seqdm": SeqDM,
+    "cloud_regression_unet": CloudRegressionUNet,
 }
 
-__all__ = [
-    "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
-    "BlindSRSNF", "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
-    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
-]
+__all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

@@ -44,6 +44,9 @@ TINY = {
                      norm_num_groups=8, timesteps=50, cycle_shifts=2),
     "blindsrsnf": dict(in_channels=3, scale=2, channels=(16, 32), num_res_blocks=1, norm_num_groups=8, rrdb_blocks=2,
                        rrdb_features=16, rrdb_growth=8, deg_dim=16, deg_width=8, queue_size=16),
+    "seqdm": dict(bands=3, rgb=(2, 1, 0), channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
+                  num_head_channels=16, norm_num_groups=8, timesteps=50),
+    "cloud_regression_unet": dict(bands=3, channels=(8, 16), num_res_units=1),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -125,6 +128,10 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                        {"size_multiple": 2})
     # BlindSRSNF x2: fold-2 unshuffle and one downsampling (HR multiples of 4: LR multiples of 2)
     assert specs["blindsrsnf"] == IOSpec({"cond": 3}, sr_out, 2, 2, "image", ("prediction",), {"size_multiple": 2})
+    seq_in = {"cond": 3, "cloud_mask": 1, "sar": 2}
+    for name in ("seqdm", "cloud_regression_unet"):
+        assert specs[name] == IOSpec(seq_in, sr_out, 2, 1, "spectral", ("prediction",),
+                                     {"size_multiple": 2, "sequence": True})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -136,6 +143,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
 
 def test_predict_returns_every_declared_output():
     torch.manual_seed(0)
+    SEQ = {"cond": torch.rand(2, 2, 3, 16, 16) * 2 - 1, "cloud_mask": torch.zeros(2, 2, 1, 16, 16),  # noqa: N806
+           "sar": torch.zeros(2, 2, 2, 16, 16)}
     g = torch.Generator().manual_seed(0)
     batches = {
         "segdiff": {"image": torch.randn(2, 2, 16, 16)},
@@ -153,6 +162,8 @@ def test_predict_returns_every_declared_output():
         "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
         "sar_ddpm": {"cond": torch.rand(2, 1, 16, 16) * 2 - 1},
         "blindsrsnf": {"cond": torch.rand(2, 3, 12, 12) * 2 - 1},
+        "seqdm": SEQ,
+        "cloud_regression_unet": SEQ,
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
@@ -160,7 +171,7 @@ def test_predict_returns_every_declared_output():
         spec = m.io_spec
         assert set(spec.outputs) <= set(out), name
         x = batches[name][spec.input_key]
-        spatial = tuple(s * spec.grid_factor for s in x.shape[2:])
+        spatial = tuple(s * spec.grid_factor for s in x.shape[-spec.spatial_dims:])  # sequences: (B, T, C, ...)
         for k in spec.outputs:
             assert tuple(out[k].shape) == (2, OUT_CHANNELS.get(name, {}).get(k, m.out_channels), *spatial), (name, k)
 
