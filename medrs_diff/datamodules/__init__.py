@@ -13,6 +13,7 @@ from .clinical2d import Clinical2DSegmentationDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
+from .nowcast import NowcastDataModule
 from .pet import PETDoseDataModule
 from .speckle import SpeckleDataModule
 
@@ -23,6 +24,7 @@ __all__ = [
     "GeoTiffSRDataModule",
     "NiftiFusionDataModule",
     "NiftiSegmentationDataModule",
+    "NowcastDataModule",
     "PETDoseDataModule",
     "ResumableDataLoader",
     "ResumableSampler",

@@ -9,6 +9,7 @@ from .ddfm import DDFM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
+from .nowcast_diffusion import NowcastDiffusion
 from .regression_unet import RegressionUNet
 from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .sar_ddpm import SARDDPM
@@ -31,10 +32,11 @@ METHODS: dict[str, type[Method]] = {
     "retinal_mask_ddpm": RetinalMaskDDPM,
     "retinal_image_ddpm": RetinalImageDDPM,
     "sar_ddpm": SARDDPM,
+    "nowcast_diffusion": NowcastDiffusion,
 }
 
 __all__ = [
     "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
-    "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
+    "Method", "NowcastDiffusion", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
     "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
 ]
