@@ -27,7 +27,8 @@ LOG_THRESHOLD = 0.1  # mm/h; below it a pixel is "no rain" for the log transform
 MP_A, MP_B = 200.0, 1.6  # Marshall-Palmer Z = a R^b
 
 __all__ = ["LOG_THRESHOLD", "read_radar", "check_sequence", "check_same_grid", "to_rainrate", "to_log_rain",
-           "from_log_rain", "advected_rain", "LOG_SCALE", "rain_to_model", "model_to_rain", "WindowSplit", "window_starts", "split_windows", "sample_windows", "window"]
+           "from_log_rain", "advected_rain", "LOG_SCALE", "rain_to_model", "model_to_rain",
+           "WindowSplit", "window_starts", "split_windows", "sample_windows", "window"]
 
 
 def _cf(da: xr.DataArray, step_min: float | None) -> xr.DataArray:

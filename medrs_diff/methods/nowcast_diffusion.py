@@ -145,7 +145,8 @@ class NowcastDiffusion(DiffusionMethod):
         h, w = past.shape[-2:]
         m = self.size_multiple
         if h % m or w % m:
-            raise DataError("past frames", f"grid {h}x{w} is not a multiple of {m}", f"crop or pad to a multiple of {m}")
+            raise DataError("past frames", f"grid {h}x{w} is not a multiple of {m}",
+                            f"crop or pad to a multiple of {m}")
         past = past[:, -self.past_frames:]
         fut = batch.get(IMAGE)
         if fut is not None:
