@@ -53,7 +53,7 @@ def fit_nowcast(method: NowcastDiffusion, seq: np.ndarray, starts: Sequence[int]
         torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log is not None and (k % log_every == 0 or k == steps - 1):
             log(f"step {k}: " + ", ".join(f"{a} {float(v):.3f}" for a, v in logs.items())
                 + f" ({time.perf_counter() - t0:.0f} s)")

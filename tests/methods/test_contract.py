@@ -42,9 +42,12 @@ TINY = {
                                num_head_channels=16, norm_num_groups=8, timesteps=50),
     "sar_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
                      norm_num_groups=8, timesteps=50, cycle_shifts=2),
+    "nowcast_diffusion": dict(past_frames=3, future_frames=2, dim=16, depth=1, heads=2, disc_width=8, disc_depth=2),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
+#: sequence methods, (B, T, C, H, W): the output shapes of the batches below (2 members)
+SEQUENCE_OUT = {"nowcast_diffusion": {"prediction": (2, 2, 1, 16, 16), "members": (2, 2, 2, 1, 16, 16)}}
 
 
 def test_every_registered_method_is_covered_by_the_contract_tests():
@@ -121,6 +124,10 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                                  {"size_multiple": 2})
     assert specs["sar_ddpm"] == IOSpec({"cond": 1}, ("prediction",), 2, 1, "image", ("prediction",),
                                        {"size_multiple": 2})
+    assert specs["nowcast_diffusion"] == IOSpec(
+        {"cond": 1}, ("prediction", "members"), 2, 1, "forecast", (),
+        {"size_multiple": 4, "past_frames": 3, "future_frames": 2, "layout": "(B, T, C, H, W)",
+         "model_space": "log10(mm/h) / 2 (data.radar_sequence.rain_to_model)"})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -148,12 +155,16 @@ def test_predict_returns_every_declared_output():
         "retinal_mask_ddpm": {"label": torch.zeros(2, 1, 16, 16)},
         "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
         "sar_ddpm": {"cond": torch.rand(2, 1, 16, 16) * 2 - 1},
+        "nowcast_diffusion": {"cond": torch.rand(2, 3, 1, 16, 16) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
         out = m.predict(batches[name], sampler="ddim", steps=2, n_samples=2, generator=g)
         spec = m.io_spec
         assert set(spec.outputs) <= set(out), name
+        if name in SEQUENCE_OUT:
+            assert {k: tuple(out[k].shape) for k in spec.outputs} == SEQUENCE_OUT[name]
+            continue
         x = batches[name][spec.input_key]
         spatial = tuple(s * spec.grid_factor for s in x.shape[2:])
         for k in spec.outputs:
