@@ -26,7 +26,7 @@ DataArray (lead, y, x) or (member, lead, y, x); it then gets its own row with ``
 
 ``diffusion`` (the diffusion nowcast, :class:`~medrs_diff.methods.NowcastDiffusion`, DD-GAN 4 steps) is
 **trained by this script on the training windows of frames 0-59 only** (every start, stride 1) on the
-forecast box averaged ``--diffusion-factor`` x ``--diffusion-factor`` (4 km at 4), for
+forecast box averaged ``--diffusion-factor`` x ``--diffusion-factor`` (8 km at the default 8), for
 ``--diffusion-train-steps`` steps (CPU-sized), then forecasts ``--members`` members per test window on that grid,
 repeated back to the 1-km grid for scoring. ``--diffusion-checkpoint`` saves the trained weights there, or
 loads them when the file exists (no retraining). Seconds per forecast of the same net with a DDPM chain
@@ -86,8 +86,8 @@ FORECASTERS: dict[str, Callable[..., xr.DataArray]] = {
     "persistence": _baseline("persistence"), "extrapolation": _baseline("extrapolation"),
     "sprog": _baseline("sprog"), "steps": _baseline("steps"), "diffusion": _diffusion}
 
-#: the CPU-sized diffusion nowcast of this script (4-km grid: 96 x 96 on the forecast box, 8-px patches = 32 km)
-DIFFUSION_NET = dict(patch_size=8, dim=48, depth=3, heads=4, disc_width=24, disc_depth=3)
+#: the CPU-sized diffusion nowcast of this script (8-km grid: 48 x 48 on the forecast box, 4-px patches = 32 km)
+DIFFUSION_NET = dict(patch_size=4, dim=48, depth=3, heads=4, disc_width=24, disc_depth=3)
 
 
 def prepare_diffusion(da: xr.DataArray, past: int, leads: int, factor: int, steps: int, recon: float,
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--factor", type=int, default=1, help="average factor x factor pixels of the crop")
-    ap.add_argument("--diffusion-factor", type=int, default=4, help="grid averaging of the diffusion nowcast")
-    ap.add_argument("--diffusion-train-steps", type=int, default=300, help="training steps of the diffusion nowcast")
+    ap.add_argument("--diffusion-factor", type=int, default=8, help="grid averaging of the diffusion nowcast")
+    ap.add_argument("--diffusion-train-steps", type=int, default=700, help="training steps of the diffusion nowcast")
     ap.add_argument("--diffusion-recon", type=float, default=1.0, help="x0 MSE weight beside the GAN loss")
     ap.add_argument("--diffusion-checkpoint", type=Path, default=None, help="save / load its trained weights")
     ap.add_argument("--ddpm-timing-steps", type=int, default=20, help="DDPM steps timed (scaled to 1000)")
