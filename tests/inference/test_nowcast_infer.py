@@ -87,3 +87,23 @@ def test_bad_inputs_one_clear_error_each(ckpt, frames, tmp_path, capsys):
     write_radar_netcdf(units, tmp_path / "units" / "seq.nc")
     assert "unknown units 'furlongs'" in _refused(capsys, [*base, "--input", str(tmp_path / "units" / "seq.nc")])
     assert not (tmp_path / "o").exists()  # nothing written before a refusal
+
+
+def test_infer_on_real_knmi_files(shared_data, tmp_path):
+    src = sorted((shared_data / "radar_knmi" / "2010" / "08").glob("*.h5"))[56:60]  # 4 past frames, 04:40-04:55
+    past = tmp_path / "past"
+    past.mkdir()
+    for f in src:
+        (past / f.name).symlink_to(f)
+    torch.manual_seed(0)
+    method = NowcastDiffusion(**TINY)
+    ckpt = tmp_path / "knmi.ckpt"
+    torch.save({"state_dict": {f"method.{k}": v for k, v in method.state_dict().items()},
+                "hyper_parameters": {"method": method_config(method)},
+                "datamodule_hyper_parameters": {"box": [192, 576, 128, 512], "factor": 8}}, ckpt)
+    out = tmp_path / "out"
+    assert main(["infer", "--checkpoint", str(ckpt), "--input", str(past), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    fc = read_radar_netcdf(out / "forecast.nc")
+    assert fc.shape == (2, 48, 48) and fc.attrs["units"] == "mm/h" and "+proj" in str(fc.attrs["crs"])
+    assert str(fc["time"].values[0])[:16] == "2010-08-26T05:00"  # 5 minutes after the last input
