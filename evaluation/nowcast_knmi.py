@@ -21,8 +21,17 @@ CRPS. Seconds per forecast: mean wall time of one forecast (all leads; all membe
     OMP_NUM_THREADS=1 python evaluation/nowcast_knmi.py                    # writes evaluation/results/nowcast_knmi/
     python evaluation/nowcast_knmi.py --methods persistence extrapolation --members 4 --out-dir /tmp/nc
 
-A new method (the diffusion nowcast) adds an entry to ``FORECASTERS``: a function (past DataArray, leads,
-seed) -> mm/h DataArray (lead, y, x) or (member, lead, y, x); it then gets its own row with ``--methods``.
+A new method adds an entry to ``FORECASTERS``: a function (past DataArray, leads, seed, members) -> mm/h
+DataArray (lead, y, x) or (member, lead, y, x); it then gets its own row with ``--methods``.
+
+``diffusion`` (the diffusion nowcast, :class:`~medrs_diff.methods.NowcastDiffusion`, DD-GAN 4 steps) is
+**trained by this script on the training windows of frames 0-59 only** (every start, stride 1) on the
+forecast box averaged ``--diffusion-factor`` x ``--diffusion-factor`` (8 km at the default 8), for
+``--diffusion-train-steps`` steps (CPU-sized), then forecasts ``--members`` members per test window on that grid,
+repeated back to the 1-km grid for scoring. ``--diffusion-checkpoint`` saves the trained weights there, or
+loads them when the file exists (no retraining). Seconds per forecast of the same net with a DDPM chain
+(1000 steps, timed on ``--ddpm-timing-steps`` and scaled) and DPM-Solver++ (20 steps) are timed on the first
+window (untrained DDPM weights: timing only, no scores).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medrs_diff.data.radar_sequence import read_radar, split_windows, window  # noqa: E402
 from medrs_diff.errors import ArgumentError, MedrsError  # noqa: E402
 from medrs_diff.evaluation.nowcast_baselines import nowcast  # noqa: E402
+from medrs_diff.evaluation.nowcast_model import diffusion_nowcast, fit_nowcast  # noqa: E402
 from medrs_diff.metrics import forecast as MF  # noqa: E402
 from medrs_diff.metrics.crps import crps_sums  # noqa: E402
 
@@ -63,9 +73,74 @@ def _baseline(name: str, **fixed: Any) -> Callable[..., xr.DataArray]:
     return run
 
 
+_DIFFUSION: dict[str, Any] = {}  # the trained method and its grid factor, set by prepare_diffusion
+
+
+def _diffusion(past: xr.DataArray, leads: list[int], seed: int, members: int) -> xr.DataArray:
+    if "method" not in _DIFFUSION:
+        raise ArgumentError("--methods diffusion", "the diffusion nowcast is not trained", "call prepare_diffusion")
+    return diffusion_nowcast(_DIFFUSION["method"], past, leads, seed, members, factor=_DIFFUSION["factor"])
+
+
 FORECASTERS: dict[str, Callable[..., xr.DataArray]] = {
     "persistence": _baseline("persistence"), "extrapolation": _baseline("extrapolation"),
-    "sprog": _baseline("sprog"), "steps": _baseline("steps")}
+    "sprog": _baseline("sprog"), "steps": _baseline("steps"), "diffusion": _diffusion}
+
+#: the CPU-sized diffusion nowcast of this script (8-km grid: 48 x 48 on the forecast box, 4-px patches = 32 km)
+DIFFUSION_NET = dict(patch_size=4, dim=48, depth=3, heads=4, disc_width=24, disc_depth=3)
+
+
+def prepare_diffusion(da: xr.DataArray, past: int, leads: int, factor: int, steps: int, recon: float,
+                      checkpoint: Path | None, seed: int) -> str:
+    """Train (or load) the diffusion nowcast on the training windows of frames 0..CUT-1; returns a description."""
+    import torch
+
+    from medrs_diff.data.radar_sequence import rain_to_model
+    from medrs_diff.methods import NowcastDiffusion
+
+    torch.manual_seed(seed)
+    method = NowcastDiffusion(past, leads, recon_weight=recon, **DIFFUSION_NET)
+    train = split_windows(da.sizes["time"], past, leads, CUT, stride=1).train
+    if checkpoint is not None and checkpoint.is_file():
+        method.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+        how = f"loaded from {checkpoint.name}"
+    else:
+        v = np.nan_to_num(da.values[:CUT], nan=0.0)
+        t, h, w = v.shape
+        seq = rain_to_model(v.reshape(t, h // factor, factor, w // factor, factor).mean((2, 4)))
+        t0 = time.perf_counter()
+        fit_nowcast(method, seq, train, steps, batch_size=4, seed=seed, log=lambda m: print("diffusion " + m,
+                                                                                              flush=True))
+        how = f"trained {steps} steps in {time.perf_counter() - t0:.0f} s"
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(method.state_dict(), checkpoint)
+    method.eval()
+    _DIFFUSION.update(method=method, factor=factor)
+    return (f"Diffusion nowcast: DD-GAN, 4 large steps, spatiotemporal transformer ({DIFFUSION_NET}), x0 MSE "
+            f"weight {recon:g} beside the adversarial loss, {len(train)} training windows (starts 0-{max(train)}, "
+            f"frames < {CUT}) on the forecast box averaged {factor}x{factor} ({factor} km), batch 4; {how}; "
+            f"forecasts repeated {factor}x{factor} back to 1 km for scoring.")
+
+
+def time_chains(past: xr.DataArray, leads: list[int], members: int, factor: int, ddpm_steps: int
+                ) -> dict[str, float]:
+    """Seconds per forecast of the diffusion net under DDPM (1000 steps, timed on ``ddpm_steps`` and scaled) and
+    DPM-Solver++ (20 steps): the same net built for eps prediction (untrained: timing only)."""
+    import torch
+
+    from medrs_diff.methods import NowcastDiffusion
+
+    torch.manual_seed(0)
+    ddpm = NowcastDiffusion(past.sizes["time"], len(leads), objective="ddpm", timesteps=1000, **DIFFUSION_NET).eval()
+    out = {}
+    for name, sampler, steps, scale in ((f"diffusion DDPM 1000 steps (timed on {ddpm_steps}, scaled)", "ddpm",
+                                         ddpm_steps, 1000 / ddpm_steps),
+                                        ("diffusion DPM-Solver++ 20 steps", "dpm_solver_pp", 20, 1.0)):
+        t0 = time.perf_counter()
+        diffusion_nowcast(ddpm, past, leads, 0, members, factor=factor, sampler=sampler, steps=steps)
+        out[name] = (time.perf_counter() - t0) * scale
+    return out
 
 
 def load(folder: Path, factor: int = 1, box: tuple[slice, slice] = CONTEXT) -> xr.DataArray:
@@ -106,7 +181,7 @@ def score(forecasts: dict[str, list[xr.DataArray]], truths: list[np.ndarray], le
 
 def write_table(scores: dict, seconds: dict, leads: list[int], step: float, out: Path, info: str) -> Path:
     minutes = [f"{int(lead * step)}" for lead in leads]
-    lines = ["# Nowcasting on KNMI 2010-08-26 (issue 18): pysteps baselines", "", info, "",
+    lines = ["# Nowcasting on KNMI 2010-08-26 (issue 18): pysteps baselines and the diffusion nowcast", "", info, "",
              "| method | seconds per forecast |", "|---|---|"]
     lines += [f"| {m} | {s:.2f} |" for m, s in seconds.items()]
     keys = ["csi@0.5", "csi@1", "csi@5", "csi@10", "pod@1", "far@1", "hss@1", "fss_1@1", "fss_4@1", "fss_16@1",
@@ -168,13 +243,17 @@ def plot_panel(past: xr.DataArray, truth: np.ndarray, fcs: dict[str, xr.DataArra
                 v = fcs[row].values
                 img, title = (v[0, li] if v.ndim == 4 else v[li]), f"{row} +{lead * step:g}"
             axes[r, c].imshow(np.where(img >= 0.1, img, np.nan), norm=norm, cmap="viridis")
-            axes[r, c].set_title(title + (" (member 0)" if row == "steps" else ""), fontsize=7)
+            axes[r, c].set_title(title + (" (member 0)" if v_is_ens(fcs, row) else ""), fontsize=7)
             axes[r, c].axis("off")
     fig.tight_layout()
     path = out / "nowcast_knmi_panel.png"
     fig.savefig(path, dpi=70)
     plt.close(fig)
     return path
+
+
+def v_is_ens(fcs: dict[str, xr.DataArray], row: str) -> bool:
+    return row in fcs and fcs[row].ndim == 4
 
 
 def truths_shape(inner: tuple[slice, slice]) -> str:
@@ -191,15 +270,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--factor", type=int, default=1, help="average factor x factor pixels of the crop")
+    ap.add_argument("--diffusion-factor", type=int, default=8, help="grid averaging of the diffusion nowcast")
+    ap.add_argument("--diffusion-train-steps", type=int, default=700, help="training steps of the diffusion nowcast")
+    ap.add_argument("--diffusion-recon", type=float, default=1.0, help="x0 MSE weight beside the GAN loss")
+    ap.add_argument("--diffusion-checkpoint", type=Path, default=None, help="save / load its trained weights")
+    ap.add_argument("--ddpm-timing-steps", type=int, default=20, help="DDPM steps timed (scaled to 1000)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "evaluation" / "results" / "nowcast_knmi")
     a = ap.parse_args(argv)
     try:
         unknown = [m for m in a.methods if m not in FORECASTERS]
         if unknown:
             raise ArgumentError("--methods", f"unknown {unknown}", f"pick from {sorted(FORECASTERS)}")
-        for name in ("past", "leads", "stride", "members", "factor"):
+        for name in ("past", "leads", "stride", "members", "factor", "diffusion_factor", "ddpm_timing_steps"):
             if getattr(a, name) < 1:
-                raise ArgumentError(f"--{name}", f"must be >= 1, got {getattr(a, name)}", "pass a positive integer")
+                raise ArgumentError(f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(a, name)}",
+                                    "pass a positive integer")
         da = load(a.data, a.factor)
         split = split_windows(da.sizes["time"], a.past, a.leads, CUT, stride=a.stride)
     except MedrsError as exc:
@@ -218,6 +303,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.seed}; deterministic STEPS scores are of the ensemble mean (steps_mean). Motion: scikit-image "
             f"iterative Lucas-Kanade on 10 log10 R. Thresholds in mm/h, FSS scales in pixels of {a.factor} km. "
             f"Seconds on this 2-core CPU (shared), OMP_NUM_THREADS=1.")
+    if "diffusion" in a.methods:
+        try:
+            if any(n % a.diffusion_factor for n in da.shape[1:]):
+                raise ArgumentError("--diffusion-factor", f"{a.diffusion_factor} does not divide the grid "
+                                    f"{da.shape[1:]}", "pick a divisor (4 at --factor 1)")
+        except MedrsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        info += " " + prepare_diffusion(da, a.past, a.leads, a.diffusion_factor, a.diffusion_train_steps,
+                                        a.diffusion_recon, a.diffusion_checkpoint, a.seed)
     print(info)
     forecasts: dict[str, list[xr.DataArray]] = {m: [] for m in a.methods}
     seconds: dict[str, float] = {}
@@ -233,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds[m] = seconds.get(m, 0.0) + (time.perf_counter() - t0) / len(split.test)
         print(f"window {s}: " + ", ".join(f"{m} {forecasts[m][-1].attrs.get('seconds', 0):.1f}s" for m in a.methods),
               flush=True)
+    if "diffusion" in a.methods:
+        past0, _ = window(da, split.test[0], a.past, a.leads)
+        seconds.update(time_chains(past0, leads, a.members, a.diffusion_factor, a.ddpm_timing_steps))
     scores = score(forecasts, truths, leads)
     a.out_dir.mkdir(parents=True, exist_ok=True)
     table = write_table(scores, seconds, leads, step, a.out_dir, info)

@@ -102,12 +102,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="anomaly methods (AnoDDPM): the mask threshold chosen on validation (evaluate --task anomaly "
                         "--threshold-from); overrides the checkpoint's `threshold` and adds the `mask` output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
+    p.add_argument("--importer", default="knmi_hdf5",
+                   help="nowcast checkpoints: the reader of the past radar files in --input (knmi_hdf5, a pysteps "
+                        "importer name; .nc files are read directly); the forecast goes to --output/forecast.nc")
+
+
+def _run_nowcast(args: argparse.Namespace) -> dict[str, Path] | None:
+    """A forecast checkpoint (the diffusion nowcast): past radar files -> NetCDF forecast; else None."""
+    from ..train.checkpoint import (
+        checkpoint_data_config,
+        checkpoint_method_config,
+        method_from_checkpoint,
+        read_checkpoint,
+        resolve_method_class,
+    )
+
+    ckpt = read_checkpoint(args.checkpoint)
+    cls = resolve_method_class(checkpoint_method_config(ckpt, args.checkpoint)["class_path"], args.checkpoint)
+    if getattr(cls, "task", None) != "forecast":
+        return None
+    from ..inference.nowcast import check_importer, nowcast_files
+
+    check_importer(args.importer)
+    method = method_from_checkpoint(ckpt, args.checkpoint, ema=False if args.raw_weights else None).to(args.device)
+    data = (checkpoint_data_config(ckpt) or {}).get("init_args") or {}
+    paths = nowcast_files(method, args.input, args.output, data, importer=args.importer, n_samples=args.n_samples,
+                          sampler=args.sampler, steps=args.steps, seed=args.seed)
+    print(f"{args.input} -> " + ", ".join(str(p) for p in paths.values()), flush=True)
+    return paths
 
 
 def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
     """Run ``infer`` from parsed arguments; prints one line per input; returns ``{output key: path}`` per input."""
     from ..inference import Predictor
 
+    nowcast = _run_nowcast(args)
+    if nowcast is not None:
+        return [nowcast]
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           ema=False if args.raw_weights else None)
     if args.threshold is not None:

@@ -27,7 +27,8 @@ LOG_THRESHOLD = 0.1  # mm/h; below it a pixel is "no rain" for the log transform
 MP_A, MP_B = 200.0, 1.6  # Marshall-Palmer Z = a R^b
 
 __all__ = ["LOG_THRESHOLD", "read_radar", "check_sequence", "check_same_grid", "to_rainrate", "to_log_rain",
-           "from_log_rain", "WindowSplit", "window_starts", "split_windows", "sample_windows", "window"]
+           "from_log_rain", "advected_rain", "LOG_SCALE", "rain_to_model", "model_to_rain",
+           "WindowSplit", "window_starts", "split_windows", "sample_windows", "window"]
 
 
 def _cf(da: xr.DataArray, step_min: float | None) -> xr.DataArray:
@@ -187,6 +188,22 @@ def from_log_rain(log_rate: Any, threshold: float = LOG_THRESHOLD) -> np.ndarray
     return np.where(v < np.log10(threshold), 0.0, 10.0**v)
 
 
+#: model space of the diffusion nowcast: log10(mm/h) / LOG_SCALE, so no rain (-2) -> -1 and 100 mm/h -> 1
+LOG_SCALE = 2.0
+
+
+def rain_to_model(rate: Any, threshold: float = LOG_THRESHOLD) -> np.ndarray:
+    """mm/h -> model space [-1, 1]: ``clip(to_log_rain(rate) / LOG_SCALE, -1, 1)`` (>= 100 mm/h saturates; NaN -> no
+    rain, so fill missing pixels knowingly before calling)."""
+    v = to_log_rain(rate, threshold) / LOG_SCALE
+    return np.clip(np.nan_to_num(v, nan=-1.0), -1.0, 1.0).astype(np.float32)
+
+
+def model_to_rain(x: Any, threshold: float = LOG_THRESHOLD) -> np.ndarray:
+    """Inverse of :func:`rain_to_model`: model space -> mm/h (below ``log10(threshold) / LOG_SCALE`` -> 0)."""
+    return from_log_rain(LOG_SCALE * np.asarray(x, np.float64), threshold)
+
+
 def window_starts(n_frames: int, past: int, future: int, stride: int = 1) -> list[int]:
     """Start indices of every (past + future)-frame window of a gap-free sequence of ``n_frames``."""
     return list(range(0, n_frames - past - future + 1, stride))
@@ -239,3 +256,26 @@ def window(da: xr.DataArray, start: int, past: int, future: int) -> tuple[xr.Dat
                         f"{past} past + {future} future frames, the sequence has {da.sizes['time']}",
                         "pick an earlier start or fewer frames")
     return da.isel(time=slice(start, start + past)), da.isel(time=slice(start + past, start + past + future))
+
+
+def advected_rain(n: int, frames: int, size: int = 32, seed: int = 0, n_cells: int = 3,
+                  speed: tuple[float, float] = (1.0, 2.0), radius: tuple[float, float] = (2.5, 4.5),
+                  peak: tuple[float, float] = (2.0, 30.0)) -> np.ndarray:
+    """In-memory synthetic twin of a radar sequence: ``n`` sequences (n, frames, size, size) in mm/h of Gaussian
+    rain cells advected by one constant velocity per sequence (random direction, ``speed`` px per frame),
+    seeded. Cells start so that they stay mostly inside the grid; rates < 0.05 mm/h are set to 0."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    out = np.zeros((n, frames, size, size), np.float32)
+    for k in range(n):
+        ang, sp = rng.uniform(0, 2 * np.pi), rng.uniform(*speed)
+        v = sp * np.array([np.sin(ang), np.cos(ang)])
+        mid = size / 2 - v * (frames - 1) / 2  # centre the track on the grid
+        for _ in range(n_cells):
+            c0 = mid + rng.uniform(-0.3, 0.3, 2) * size
+            r, p = rng.uniform(*radius), rng.uniform(*peak)
+            for t in range(frames):
+                cy, cx = c0 + v * t
+                out[k, t] += p * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    out[out < 0.05] = 0.0
+    return out

@@ -15,6 +15,7 @@ from .cloud import CloudSeriesDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .nifti import NiftiSegmentationDataModule
+from .nowcast import NowcastDataModule
 from .pet import PETDoseDataModule
 from .speckle import SpeckleDataModule
 
@@ -27,6 +28,7 @@ __all__ = [
     "GeoTiffSRDataModule",
     "NiftiFusionDataModule",
     "NiftiSegmentationDataModule",
+    "NowcastDataModule",
     "PETDoseDataModule",
     "ResumableDataLoader",
     "ResumableSampler",

@@ -11,6 +11,7 @@ from .ddfm import DDFM
 from .eiddpm import EIDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
+from .nowcast_diffusion import NowcastDiffusion
 from .regression_unet import RegressionUNet
 from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .sar_ddpm import SARDDPM
@@ -37,6 +38,7 @@ METHODS: dict[str, type[Method]] = {
     "blindsrsnf": BlindSRSNF,
     "seqdm": SeqDM,
     "cloud_regression_unet": CloudRegressionUNet,
+    "nowcast_diffusion": NowcastDiffusion,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

@@ -38,8 +38,8 @@ def test_scores_per_lead_hand_cases(mod):
 
 
 def test_cli_refuses_unknown_method_and_bad_numbers(mod, capsys, tmp_path):
-    assert mod.main(["--methods", "diffusion", "--out-dir", str(tmp_path)]) == 2
-    assert "--methods: unknown ['diffusion']" in capsys.readouterr().err
+    assert mod.main(["--methods", "convlstm", "--out-dir", str(tmp_path)]) == 2
+    assert "--methods: unknown ['convlstm']" in capsys.readouterr().err
     assert mod.main(["--leads", "0", "--out-dir", str(tmp_path)]) == 2
     assert "--leads: must be >= 1, got 0" in capsys.readouterr().err
     assert mod.main(["--data", str(tmp_path), "--out-dir", str(tmp_path)]) == 2

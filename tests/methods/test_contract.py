@@ -47,9 +47,12 @@ TINY = {
     "seqdm": dict(bands=3, rgb=(2, 1, 0), channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
                   num_head_channels=16, norm_num_groups=8, timesteps=50),
     "cloud_regression_unet": dict(bands=3, channels=(8, 16), num_res_units=1),
+    "nowcast_diffusion": dict(past_frames=3, future_frames=2, dim=16, depth=1, heads=2, disc_width=8, disc_depth=2),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
+#: sequence methods, (B, T, C, H, W): the output shapes of the batches below (2 members)
+SEQUENCE_OUT = {"nowcast_diffusion": {"prediction": (2, 2, 1, 16, 16), "members": (2, 2, 2, 1, 16, 16)}}
 
 
 def test_every_registered_method_is_covered_by_the_contract_tests():
@@ -132,6 +135,10 @@ def test_io_specs_declare_inputs_outputs_and_grid():
     for name in ("seqdm", "cloud_regression_unet"):
         assert specs[name] == IOSpec(seq_in, sr_out, 2, 1, "spectral", ("prediction",),
                                      {"size_multiple": 2, "sequence": True})
+    assert specs["nowcast_diffusion"] == IOSpec(
+        {"cond": 1}, ("prediction", "members"), 2, 1, "forecast", (),
+        {"size_multiple": 4, "past_frames": 3, "future_frames": 2, "layout": "(B, T, C, H, W)",
+         "model_space": "log10(mm/h) / 2 (data.radar_sequence.rain_to_model)"})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -164,12 +171,16 @@ def test_predict_returns_every_declared_output():
         "blindsrsnf": {"cond": torch.rand(2, 3, 12, 12) * 2 - 1},
         "seqdm": SEQ,
         "cloud_regression_unet": SEQ,
+        "nowcast_diffusion": {"cond": torch.rand(2, 3, 1, 16, 16) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
         out = m.predict(batches[name], sampler="ddim", steps=2, n_samples=2, generator=g)
         spec = m.io_spec
         assert set(spec.outputs) <= set(out), name
+        if name in SEQUENCE_OUT:
+            assert {k: tuple(out[k].shape) for k in spec.outputs} == SEQUENCE_OUT[name]
+            continue
         x = batches[name][spec.input_key]
         spatial = tuple(s * spec.grid_factor for s in x.shape[-spec.spatial_dims:])  # sequences: (B, T, C, ...)
         for k in spec.outputs:
