@@ -7,6 +7,7 @@ from .baselines import RegressionSR, SMPUNet
 from .bcdpm import BCDPM
 from .ddfm import DDFM
 from .eiddpm import EIDDPM
+from .hyperldm import HyperLDM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .regression_unet import RegressionUNet
@@ -31,10 +32,11 @@ METHODS: dict[str, type[Method]] = {
     "retinal_mask_ddpm": RetinalMaskDDPM,
     "retinal_image_ddpm": RetinalImageDDPM,
     "sar_ddpm": SARDDPM,
+    "hyperldm": HyperLDM,
 }
 
 __all__ = [
-    "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
+    "BCDPM", "DDFM", "EIDDPM", "METHODS", "HyperLDM", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
     "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
     "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
 ]
