@@ -1,21 +1,22 @@
 """HyperLDM vs the per-pixel linear RGB -> HSI regression on Jasper Ridge and Samson (held-out spatial block).
 
-    OMP_NUM_THREADS=1 nice -n 10 python evaluation/hyperldm_table.py [--ae-steps 600] [--diff-steps 400] [--scenes samson]
+    OMP_NUM_THREADS=1 nice -n 10 python evaluation/hyperldm_table.py [--ae-steps 600] [--diff-steps 400] \
+        [--scenes samson]
 
-Protocol (seeded, one scene at a time): the cube (Jasper Ridge: Y / maxValue; Samson: as stored) is read
-through :class:`~medrs_diff.datamodules.HyperspectralSynthesisDataModule` (the recipe's data module), its RGB is
-three bands (Jasper Ridge [32, 15, 5]: AVIRIS bands 36 / 19 / 9, the paper's [35, 18, 8] 0-based, inside the
-198 kept bands; Samson [76, 48, 19]: about 640 / 550 / 460 nm at 401-889 nm), the right-most 32 columns are the
-held-out block (the full height cropped to a multiple of 8) and training uses 32 x 32 crops of the columns left of
-it minus 4 pixels. Library: the scene's endmembers on the cube's scale. A CPU-sized HyperLDM (latent 4 x 1/4, UNet
-[32, 64]) trains ``--ae-steps`` autoencoder steps then ``--diff-steps`` latent-diffusion steps (Adam, batch ``--batch``);
-the test block is sampled with ``--seeds`` seeds (100-step DDPM, the paper's sampler). Scores on the block
-(reflectance, data range 1; over the bands other than the three RGB bands, which the linear
-baseline reproduces exactly, with infinite PSNR): RMSE, MRAE, SAM (degrees), mPSNR, mSSIM of each seed's cube (mean over seeds), of
-the seeds' mean, of the autoencoder's reconstruction (the decoder's ceiling) and of the linear baseline fitted on
-the training columns. Diversity: mean pairwise RMSE and SAM between the seeds' cubes, and the mean per-pixel
-standard deviation over seeds. Results: ``evaluation/results/hyperldm/`` (table.md, one ``<scene>.json`` each; scenes may run as
-separate processes, the table is rebuilt from the JSON files present).
+Protocol (seeded, one scene at a time): the cube (Jasper Ridge: Y / maxValue; Samson: as stored) is read through
+:class:`~medrs_diff.datamodules.HyperspectralSynthesisDataModule` (the recipe's data module), its RGB is three bands
+(Jasper Ridge [32, 15, 5]: AVIRIS bands 36 / 19 / 9, the paper's [35, 18, 8] 0-based, inside the 198 kept bands;
+Samson [76, 48, 19]: about 640 / 550 / 460 nm at 401-889 nm), the right-most 32 columns are the held-out block (the
+full height cropped to a multiple of 8) and training uses 32 x 32 crops of the columns left of it minus 4 pixels.
+Library: the scene's endmembers on the cube's scale. A CPU-sized HyperLDM (latent 4 x 1/4, UNet [32, 64]) trains
+``--ae-steps`` autoencoder steps then ``--diff-steps`` latent-diffusion steps (Adam, batch ``--batch``); the test
+block is sampled with ``--seeds`` seeds (100-step DDPM, the paper's sampler). Scores on the block (reflectance, data
+range 1; over the bands other than the three RGB bands, which the linear baseline reproduces exactly, with infinite
+PSNR): RMSE, MRAE, SAM (degrees), mPSNR, mSSIM of each seed's cube (mean over seeds), of the seeds' mean, of the
+autoencoder's reconstruction (the decoder's ceiling) and of the linear baseline fitted on the training columns.
+Diversity: mean pairwise RMSE and SAM between the seeds' cubes, and the mean per-pixel standard deviation over
+seeds. Results: ``evaluation/results/hyperldm/`` (table.md, one ``<scene>.json`` each; scenes may run as separate
+processes, the table is rebuilt from the JSON files present).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def run_scene(name: str, cfg: dict, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     dm = HyperspectralSynthesisDataModule(str(cfg["root"]), endmember_key=cfg["endmember_key"],
                                           num_endmembers=cfg["num_endmembers"], rgb_bands=cfg["rgb_bands"],
-                                          patch_size=32, samples_per_epoch=args.batch * (args.ae_steps + args.diff_steps + 1),
+                                          patch_size=32,
+                                          samples_per_epoch=args.batch * (args.ae_steps + args.diff_steps + 1),
                                           batch_size=args.batch, seed=args.seed)
     dm.setup("fit")
     cube, lib = dm.train_dataset.cubes[0], dm.library
@@ -73,7 +75,7 @@ def run_scene(name: str, cfg: dict, args: argparse.Namespace) -> dict:
     rgb_test = render_rgb(test, cfg["rgb_bands"])
     m = HyperLDM(bands=bands, num_endmembers=lib.shape[1], latent_channels=4, codebook_size=256, ae_channels=32,
                  cond_channels=32, channels=(32, 64), num_head_channels=32, norm_num_groups=8, timesteps=100,
-                 ae_steps=args.ae_steps, sam_loss=args.sam_loss, n_samples=args.seeds)
+                 pretrain_steps=args.ae_steps, sam_loss=args.sam_loss, n_samples=args.seeds)
     opt = torch.optim.Adam(m.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     loader = iter(dm.train_dataloader())

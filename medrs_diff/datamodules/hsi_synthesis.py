@@ -1,12 +1,13 @@
 """RGB -> hyperspectral pairs for HyperLDM: crops of one cube (or of procedural cubes) and their RGB rendering.
 
-Real scene (``phantoms: 0``): ``root`` is one cube file (``.mat`` v5 / v7.3, ENVI ``.hdr``, ``.npy``, GeoTIFF;
-read as (bands, H, W), Jasper Ridge / Samson unfolded in MATLAB column-major order) divided by ``max_value``
-(None: the file's ``maxValue`` variable when it has one, else 1). The right-most ``holdout`` fraction of the
-columns (at least ``patch_size``) is a **held-out spatial block** (validation / test crops), and training crops come only from the
+Real scene (``phantoms: 0``): ``root`` is one cube file (``.mat`` v5 / v7.3, ENVI ``.hdr``, ``.npy``, GeoTIFF; read
+as (bands, H, W), Jasper Ridge / Samson unfolded in MATLAB column-major order) divided by ``max_value`` (None: the
+file's ``maxValue`` variable when it has one, else 1). The right-most ``holdout`` fraction of the columns (at least
+``patch_size``) is a **held-out spatial block** (validation / test crops), and training crops come only from the
 columns left of it minus a ``gap`` of pixels. The endmember library is the file's ``endmember_key`` variable
-(``endmembers: scene``, put on the cube's scale by one global factor, :func:`~medrs_diff.data.hsi_synthesis.scene_library`)
-or ``num_endmembers`` pixels picked by ATGP on the training columns (``endmembers: extract``).
+(``endmembers: scene``, put on the cube's scale by one global factor,
+:func:`~medrs_diff.data.hsi_synthesis.scene_library`) or ``num_endmembers`` pixels picked by ATGP on the training
+columns (``endmembers: extract``).
 
 Procedural (``phantoms`` > 0): cubes of ``phantom_size`` pixels and ``phantom_bands`` bands mixed from
 ``num_endmembers`` synthetic spectra (:func:`~medrs_diff.data.hsi_synthesis.mixed_cube`); the last quarter of them

@@ -36,7 +36,7 @@ METHODS: dict[str, type[Method]] = {
 }
 
 __all__ = [
-    "BCDPM", "DDFM", "EIDDPM", "METHODS", "HyperLDM", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
-    "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
+    "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
+    "HyperLDM", "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
     "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
 ]

@@ -3,7 +3,7 @@ latent diffusion model.
 
 Two stages, one ``fit`` (the SRDiff pattern: a step counter in the checkpoint):
 
-1. **Conditional VQ autoencoder** (the first ``ae_steps`` optimizer steps): cube -> latent at 1/4 resolution
+1. **Conditional VQ autoencoder** (the first ``pretrain_steps`` optimizer steps): cube -> latent at 1/4 resolution
    -> codebook; the decoder takes the latent and the RGB (its 1/4 level concatenated, its 1/2 and full levels
    added as skips) and outputs **softmax abundances over a fixed endmember library** (bands x K, taken from
    the data: the scene's endmembers or an ATGP / VCA-style extraction, see
@@ -85,7 +85,7 @@ class HyperLDM(DiffusionMethod):
         sam_weight: float = 100.0,
         sam_loss: str = "cosine",
         commitment: float = 0.25,
-        ae_steps: int = 1000,
+        pretrain_steps: int = 1000,
         quantize_samples: bool = True,
         n_samples: int = 3,
         sampler: str = "ddpm",
@@ -99,8 +99,9 @@ class HyperLDM(DiffusionMethod):
                      ("latent_channels", latent_channels), ("codebook_size", codebook_size)):
             if int(v) < 1:
                 raise ArgumentError(k, f"must be >= 1, got {v}", f"set {k} to a positive integer")
-        if ae_steps < 0:
-            raise ArgumentError("ae_steps", f"must be >= 0, got {ae_steps}", "give the autoencoder-stage steps")
+        if pretrain_steps < 0:
+            raise ArgumentError("pretrain_steps", f"must be >= 0, got {pretrain_steps}",
+                                "give the number of autoencoder-stage steps")
         self.bands, self.num_endmembers = int(bands), int(num_endmembers)
         self.in_channels, self.out_channels = int(rgb_channels), int(bands)
         self.autoencoder = HyperVQAE(bands, num_endmembers, latent_channels, ae_channels, codebook_size,
@@ -112,7 +113,7 @@ class HyperLDM(DiffusionMethod):
         self.schedule = make_schedule(schedule, timesteps)
         self.objective = DiffusionLoss(self.schedule, prediction_type="eps", loss_type="mse")
         self.l1_weight, self.sam_weight, self.sam_loss = float(l1_weight), float(sam_weight), sam_loss
-        self.ae_steps, self.quantize_samples = int(ae_steps), bool(quantize_samples)
+        self.pretrain_steps, self.quantize_samples = int(pretrain_steps), bool(quantize_samples)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.n_samples, self.sampler, self.sampling_steps = int(n_samples), sampler, sampling_steps
 
@@ -147,7 +148,7 @@ class HyperLDM(DiffusionMethod):
 
     @property
     def autoencoder_stage(self) -> bool:
-        return int(self.steps_done) < self.ae_steps
+        return int(self.steps_done) < self.pretrain_steps
 
     # -- checks ---------------------------------------------------------------------------------------
     def _check_library(self, endmembers: Any) -> Tensor:
@@ -247,7 +248,7 @@ class HyperLDM(DiffusionMethod):
             std = z.float().std()
             if not torch.isfinite(std) or std <= 0:
                 raise DataError("batch", f"latent standard deviation {float(std)} is not positive",
-                                "train the autoencoder longer (ae_steps) or check the cubes")
+                                "train the autoencoder longer (pretrain_steps) or check the cubes")
             self.latent_std.set(std)
         x0 = z / self.latent_std.value
         feats = self.cond_encoder(rgb)[-1]

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "FrozenFloat", "HSIEncoder", "HyperVQAE", "PhysicsDecoder", "RGBPyramid", "ResBlock", "UnmixingHead", "VectorQuantizer", "spectral_angle",
-    "unmix",
+    "FrozenFloat", "HSIEncoder", "HyperVQAE", "PhysicsDecoder", "RGBPyramid", "ResBlock", "UnmixingHead",
+    "VectorQuantizer", "spectral_angle", "unmix",
 ]
 
 

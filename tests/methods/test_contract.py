@@ -42,6 +42,9 @@ TINY = {
                                num_head_channels=16, norm_num_groups=8, timesteps=50),
     "sar_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
                      norm_num_groups=8, timesteps=50, cycle_shifts=2),
+    "hyperldm": dict(bands=6, num_endmembers=3, latent_channels=4, codebook_size=16, ae_channels=8, cond_channels=8,
+                     channels=(8, 16), attention_levels=(False, False), num_head_channels=8, norm_num_groups=8,
+                     timesteps=20, n_samples=2),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -121,6 +124,9 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                                  {"size_multiple": 2})
     assert specs["sar_ddpm"] == IOSpec({"cond": 1}, ("prediction",), 2, 1, "image", ("prediction",),
                                        {"size_multiple": 2})
+    # HyperLDM: RGB in, cubes out (mean, variance, one per seed), latent at 1/4 x two UNet levels
+    assert specs["hyperldm"] == IOSpec({"cond": 3}, (*sr_out, "sample_0", "sample_1"), 2, 1, "spectral", (),
+                                       {"size_multiple": 8, "bands": 6})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -148,6 +154,7 @@ def test_predict_returns_every_declared_output():
         "retinal_mask_ddpm": {"label": torch.zeros(2, 1, 16, 16)},
         "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
         "sar_ddpm": {"cond": torch.rand(2, 1, 16, 16) * 2 - 1},
+        "hyperldm": {"cond": torch.rand(2, 3, 16, 16), "endmembers": torch.rand(6, 3)},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()

@@ -16,7 +16,7 @@ from medrs_diff.nets.hyperldm import FrozenFloat, UnmixingHead, spectral_angle, 
 BANDS, K = 24, 5
 RGB = [18, 10, 3]
 TINY = dict(bands=BANDS, num_endmembers=K, latent_channels=4, codebook_size=32, ae_channels=8, cond_channels=8,
-            channels=(8, 16), num_head_channels=8, norm_num_groups=8, timesteps=20, ae_steps=1, n_samples=2)
+            channels=(8, 16), num_head_channels=8, norm_num_groups=8, timesteps=20, pretrain_steps=1, n_samples=2)
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +142,8 @@ def test_two_stage_training_on_procedural_cubes_beats_linear_regression():
     hsi = torch.tensor(np.stack(train))
     rgb = torch.tensor(np.stack([render_rgb(c, rgb_bands) for c in train]))
     m = HyperLDM(bands=bands, num_endmembers=k, latent_channels=4, codebook_size=64, ae_channels=16,
-                 cond_channels=16, channels=(16, 32), num_head_channels=16, timesteps=100, ae_steps=400, n_samples=2)
+                 cond_channels=16, channels=(16, 32), num_head_channels=16, timesteps=100, pretrain_steps=400,
+                 n_samples=2)
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(500):
@@ -163,3 +164,28 @@ def test_two_stage_training_on_procedural_cubes_beats_linear_regression():
     ours, theirs = score(out["sample_0"]), score(base)
     assert ours["sam_deg"] <= 8.0, (ours, theirs)
     assert ours["mpsnr"] > theirs["mpsnr"], (ours, theirs)
+
+
+def test_infer_on_an_rgb_geotiff_writes_hyperspectral_geotiffs_one_per_seed(tmp_path):
+    from rasterio.transform import from_origin
+
+    from medrs_diff.inference import Predictor
+    from medrs_diff.io.geotiff import read_geotiff, write_geotiff
+
+    m = HyperLDM(**TINY)
+    b = _batch(n=1, size=32)
+    m.loss(b)  # stores the library
+    m.eval()
+    rgb = b["cond"][0].numpy()
+    src = tmp_path / "scene.tif"
+    write_geotiff(rgb, src, crs="EPSG:32611", transform=from_origin(500000.0, 4100000.0, 20.0, 20.0))
+    p = Predictor.from_method(m, scaling="none", patch_size=16)
+    p.predict_files(src, tmp_path / "out", steps=2, seed=3)
+    main = read_geotiff(tmp_path / "out" / "scene.tif")
+    assert main.data.shape == (BANDS, 32, 32) and main.geometry.crs == read_geotiff(src).geometry.crs
+    cubes = [read_geotiff(tmp_path / "out" / f"sample_{i}" / "scene.tif").data for i in range(2)]
+    assert all(c.shape == (BANDS, 32, 32) and np.isfinite(c).all() for c in cubes)
+    assert not np.array_equal(cubes[0], cubes[1])  # two seeds, two different cubes
+    np.testing.assert_allclose(main.data, (cubes[0] + cubes[1]) / 2, atol=1e-5)
+    with pytest.raises(DataError, match="channel"):  # a 4-band image is not the model's RGB
+        p.predict_array(np.zeros((4, 32, 32), np.float32))
