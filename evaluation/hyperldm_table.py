@@ -1,6 +1,6 @@
 """HyperLDM vs the per-pixel linear RGB -> HSI regression on Jasper Ridge and Samson (held-out spatial block).
 
-    OMP_NUM_THREADS=1 nice -n 10 python evaluation/hyperldm_table.py [--ae-steps 600] [--diff-steps 400] \
+    OMP_NUM_THREADS=1 nice -n 10 python evaluation/hyperldm_table.py [--ae-steps 450] [--diff-steps 300] \
         [--scenes samson]
 
 Protocol (seeded, one scene at a time): the cube (Jasper Ridge: Y / maxValue; Samson: as stored) is read through
@@ -90,7 +90,7 @@ def run_scene(name: str, cfg: dict, args: argparse.Namespace) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 250 == 0 or step == args.ae_steps + args.diff_steps - 1:
+        if step % 50 == 0 or step == args.ae_steps + args.diff_steps - 1:
             logs.append((step, float(loss)))
             print(f"{name} step {step} loss {float(loss):.4f} ({time.time() - t0:.0f} s)", flush=True)
     train_s = time.time() - t0
@@ -142,9 +142,9 @@ def write_table(out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ae-steps", type=int, default=600)
-    ap.add_argument("--diff-steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--ae-steps", type=int, default=450)
+    ap.add_argument("--diff-steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sam-loss", default="cosine")
