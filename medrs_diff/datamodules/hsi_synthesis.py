@@ -1,13 +1,16 @@
 """RGB -> hyperspectral pairs for HyperLDM: crops of one cube (or of procedural cubes) and their RGB rendering.
 
-Real scene (``phantoms: 0``): ``root`` is one cube file (``.mat`` v5 / v7.3, ENVI ``.hdr``, ``.npy``, GeoTIFF; read
-as (bands, H, W), Jasper Ridge / Samson unfolded in MATLAB column-major order) divided by ``max_value`` (None: the
-file's ``maxValue`` variable when it has one, else 1). The right-most ``holdout`` fraction of the columns (at least
-``patch_size``) is a **held-out spatial block** (validation / test crops), and training crops come only from the
-columns left of it minus a ``gap`` of pixels. The endmember library is the file's ``endmember_key`` variable
-(``endmembers: scene``, put on the cube's scale by one global factor,
-:func:`~medrs_diff.data.hsi_synthesis.scene_library`) or ``num_endmembers`` pixels picked by ATGP on the training
-columns (``endmembers: extract``).
+Real scene (``phantoms: 0``): ``root`` is one cube file (``.mat`` v5 / v7.3, ENVI ``.hdr``, ``.npy``, GeoTIFF;
+read as (bands, H, W), Jasper Ridge / Samson unfolded in MATLAB column-major order) divided by ``max_value``
+(None: the file's ``maxValue`` variable when it has one, else 1). The ``holdout`` fraction of the rows or columns
+on ``holdout_side`` (at least ``patch_size``) is a **held-out spatial block** (validation / test tiles); training
+crops come only from the rest minus a ``gap`` of pixels next to it. Default ``top``: the top strip of Jasper Ridge
+and Samson holds every material in about the scene's proportions (reference abundances: Jasper top 32 rows tree /
+water / dirt / road 0.36 / 0.26 / 0.26 / 0.12, whole scene 0.34 / 0.32 / 0.25 / 0.10), while the right strip of
+Jasper Ridge has almost no water (0.01) and twice the scene's mean reflectance, an extrapolation test rather
+than a held-out sample. The endmember library is the file's ``endmember_key`` variable (``endmembers: scene``,
+put on the cube's scale by one global factor, :func:`~medrs_diff.data.hsi_synthesis.scene_library`) or
+``num_endmembers`` pixels picked by ATGP on the training pixels (``endmembers: extract``).
 
 Procedural (``phantoms`` > 0): cubes of ``phantom_size`` pixels and ``phantom_bands`` bands mixed from
 ``num_endmembers`` synthetic spectra (:func:`~medrs_diff.data.hsi_synthesis.mixed_cube`); the last quarter of them
@@ -40,7 +43,7 @@ from ..data.seeding import EpochAware, crop_slices
 from ..errors import ArgumentError, DataError
 from .base import DictDataModule, ResumableDataLoader
 
-__all__ = ["HyperspectralSynthesisDataModule", "load_synthesis_scene"]
+__all__ = ["HOLDOUT_SIDES", "HyperspectralSynthesisDataModule", "holdout_regions", "load_synthesis_scene"]
 
 
 def load_synthesis_scene(path: str | Path, key: str | None = "Y", max_value: float | None = None,
@@ -67,6 +70,33 @@ def load_synthesis_scene(path: str | Path, key: str | None = "Y", max_value: flo
     else:
         raise ArgumentError("endmembers", f"unknown source {endmembers!r}", "use 'scene' or 'extract'")
     return cube, lib
+
+
+def _len(s: slice) -> int:
+    return s.stop - s.start
+
+
+#: sides a held-out block may sit on
+HOLDOUT_SIDES = ("top", "bottom", "left", "right")
+
+
+def holdout_regions(h: int, w: int, side: str, fraction: float, gap: int, patch: int
+                    ) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(training region, held-out block) of an h x w scene: the block is the ``fraction`` of the rows (``top`` /
+    ``bottom``) or columns (``left`` / ``right``) on ``side``, at least ``patch`` wide; training keeps the rest
+    minus a ``gap`` of pixels next to the block."""
+    if side not in HOLDOUT_SIDES:
+        raise ArgumentError("holdout_side", f"unknown side {side!r}", f"use one of {', '.join(HOLDOUT_SIDES)}")
+    n = h if side in ("top", "bottom") else w
+    k = max(int(round(n * fraction)), patch)  # block size along the cut axis
+    if side in ("top", "left"):
+        block, rest = slice(0, k), slice(min(k + gap, n), n)
+    else:
+        block, rest = slice(n - k, n), slice(0, max(n - k - gap, 0))
+    full = slice(0, w) if side in ("top", "bottom") else slice(0, h)
+    if side in ("top", "bottom"):
+        return (rest, full), (block, full)
+    return (full, rest), (full, block)
 
 
 class _Pairs(EpochAware, Dataset):
@@ -119,6 +149,7 @@ class HyperspectralSynthesisDataModule(DictDataModule):
         num_endmembers: int = 4,
         rgb_bands: list[int] | None = None,
         holdout: float = 0.32,
+        holdout_side: str = "top",
         gap: int = 4,
         scaling: str = "none",
         patch_size: int = 32,
@@ -139,11 +170,14 @@ class HyperspectralSynthesisDataModule(DictDataModule):
         if scaling != "none":
             raise ArgumentError("scaling", f"HyperLDM works in reflectance, got {scaling!r}", "use scaling: none")
         if not 0.0 < holdout < 1.0:
-            raise ArgumentError("holdout", f"must lie in (0, 1), got {holdout}", "hold out e.g. 0.32 of the columns")
+            raise ArgumentError("holdout", f"must lie in (0, 1), got {holdout}", "hold out e.g. 0.32 of the rows")
         if patch_size < 1 or samples_per_epoch < 1 or gap < 0:
             raise ArgumentError("patch_size / samples_per_epoch / gap", "must be >= 1 (gap >= 0)", "fix them")
         self.root, self.key, self.max_value, self.endmembers = Path(root), key, max_value, endmembers
         self.endmember_key, self.k, self.rgb_bands = endmember_key, int(num_endmembers), [int(b) for b in rgb_bands]
+        self.holdout_side = holdout_side
+        if holdout_side not in HOLDOUT_SIDES:
+            raise ArgumentError("holdout_side", f"unknown side {holdout_side!r}", f"use one of {HOLDOUT_SIDES}")
         self.holdout, self.gap, self.patch, self.samples_per_epoch = float(holdout), int(gap), int(patch_size), \
             int(samples_per_epoch)
         self.phantoms, self.phantom_size, self.phantom_bands = int(phantoms), int(phantom_size), int(phantom_bands)
@@ -178,20 +212,18 @@ class HyperspectralSynthesisDataModule(DictDataModule):
 
             shape = load_cube(self.root, key=self.key).data.shape
             h, w = shape[1:]
-            x0 = min(int(round(w * (1 - self.holdout))), w - p)  # at least one patch wide
-            train_cols = slice(0, x0 - self.gap)
-            if train_cols.stop < p or h < p or w - x0 < p:
+            train_region, test_region = holdout_regions(h, w, self.holdout_side, self.holdout, self.gap, p)
+            if min(_len(train_region[0]), _len(train_region[1]), _len(test_region[0]), _len(test_region[1])) < p:
                 raise DataError(self.root, f"a {h}x{w} scene with holdout {self.holdout} and gap {self.gap} leaves "
                                 f"no {p}x{p} crop on one side", "use a smaller patch_size or holdout")
             mask = np.zeros((h, w), bool)
-            mask[:, train_cols] = True
+            mask[train_region] = True
             cube, lib = load_synthesis_scene(self.root, self.key, self.max_value, self.endmembers, self.endmember_key,
                                              self.k, mask)
             name = self.root.name
             train = _Pairs([cube], [name], lib, self.rgb_bands, length=self.samples_per_epoch, fixed=False,
-                           regions=[(slice(0, h), train_cols)], **common)
-            val = _Pairs([cube], [name], lib, self.rgb_bands, length=0, fixed=True,
-                         regions=[(slice(0, h), slice(x0, w))], **common)
+                           regions=[train_region], **common)
+            val = _Pairs([cube], [name], lib, self.rgb_bands, length=0, fixed=True, regions=[test_region], **common)
         render_rgb(train.cubes[0][:, :1, :1], self.rgb_bands)  # band indices checked before any training
         self.library = lib
         self.train_dataset, self.val_dataset, self.test_dataset = train, val, val

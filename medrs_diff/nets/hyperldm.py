@@ -63,13 +63,29 @@ class HSIEncoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-neighbour quantisation of (B, D, h, w) latents onto ``n_embed`` D-dim codes."""
+    """Nearest-neighbour quantisation of (B, D, h, w) latents onto ``n_embed`` D-dim codes.
+
+    The codebook is initialised from the data: on the first training forward pass its entries are set to
+    latents of that batch (drawn at random, with replacement when the batch has fewer), so that every code
+    starts where the encoder's outputs are (a uniform +-1/n start leaves most codes unused, which makes the
+    latent carry almost nothing and the decoder fall back on the RGB alone)."""
 
     def __init__(self, n_embed: int, dim: int, beta: float = 0.25) -> None:
         super().__init__()
         self.codebook = nn.Embedding(n_embed, dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / n_embed, 1.0 / n_embed)
         self.beta = float(beta)
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def init_from(self, z: Tensor) -> None:
+        """Set the codebook to random latents of ``z`` (B, D, h, w) (once)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        n = self.codebook.weight.shape[0]
+        idx = torch.randperm(flat.shape[0], device=z.device)[:n] if flat.shape[0] >= n else \
+            torch.randint(0, flat.shape[0], (n,), device=z.device)
+        self.codebook.weight.copy_(flat[idx] + 1e-3 * torch.randn_like(flat[idx]))
+        self.initialised.fill_(1)
 
     def indices(self, z: Tensor) -> Tensor:
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -82,6 +98,8 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(quantised with straight-through gradient, codebook + beta * commitment loss, indices)."""
+        if self.training and not bool(self.initialised):
+            self.init_from(z)
         idx = self.indices(z)
         zq = self.lookup(idx)
         loss = F.mse_loss(zq, z.detach()) + self.beta * F.mse_loss(z, zq.detach())

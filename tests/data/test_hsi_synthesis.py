@@ -96,6 +96,25 @@ def test_data_module_procedural_items_and_held_out_cubes():
         HyperspectralSynthesisDataModule("unused", rgb_bands=[1, 2])
 
 
+def test_held_out_block_and_training_region_never_meet():
+    from medrs_diff.datamodules.hsi_synthesis import holdout_regions
+
+    assert holdout_regions(100, 90, "top", 0.3, 4, 16) == ((slice(34, 100), slice(0, 90)), (slice(0, 30), slice(0, 90)))
+    assert holdout_regions(100, 90, "right", 0.1, 2, 16) == ((slice(0, 100), slice(0, 72)),
+                                                             (slice(0, 100), slice(74, 90)))  # at least one patch
+    for side in ("top", "bottom", "left", "right"):
+        train, test = holdout_regions(50, 60, side, 0.25, 3, 8)
+        a, b = np.zeros((50, 60), int), np.zeros((50, 60), int)
+        a[train], b[test] = 1, 1
+        assert not (a & b).any() and b.sum() >= 8 * 50 and a.sum() > 0
+        # at least `gap` pixels between them (dilate the block by the gap)
+        from scipy.ndimage import binary_dilation
+
+        assert not (binary_dilation(b, iterations=3) & a.astype(bool)).any()
+    with pytest.raises(ArgumentError, match="holdout_side"):
+        holdout_regions(10, 10, "middle", 0.3, 0, 4)
+
+
 def test_jasper_ridge_scene_library_and_held_out_block(shared_data):
     path = shared_data / "hyperspectral_unmixing" / "jasper_ridge_r198.mat"
     dm = HyperspectralSynthesisDataModule(str(path), rgb_bands=[32, 15, 5], patch_size=32, samples_per_epoch=4)
@@ -108,6 +127,7 @@ def test_jasper_ridge_scene_library_and_held_out_block(shared_data):
     m = loadmat(path)["M"]
     factor = float((dm.library * m).sum() / (m * m).sum())  # the least-squares ratio library / M
     assert 0.9 < factor < 1.2
-    (_, train_cols), (_, test_cols) = dm.train_dataset.regions[0], dm.val_dataset.regions[0]
-    assert train_cols.stop + 4 == test_cols.start == 68 and test_cols.stop == 100
-    assert len(dm.val_dataset) == 3  # three 32 x 32 tiles of the held-out 32 columns
+    # default: the top 32 rows are held out, training keeps rows 36-99 (a 4-pixel gap)
+    assert dm.val_dataset.regions[0] == (slice(0, 32), slice(0, 100))
+    assert dm.train_dataset.regions[0] == (slice(36, 100), slice(0, 100))
+    assert len(dm.val_dataset) == 3  # three 32 x 32 tiles of the held-out rows
