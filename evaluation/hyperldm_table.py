@@ -42,9 +42,10 @@ from medrs_diff.metrics.spectral import spectral_scores  # noqa: E402
 
 SHARED = ROOT / ".." / "shared" / "data" / "hyperspectral_unmixing"
 SCENES = {
-    "jasper_ridge": dict(root=SHARED / "jasper_ridge_r198.mat", endmember_key="M", num_endmembers=4,
+    "jasper_ridge": dict(root=SHARED / "jasper_ridge_r198.mat", endmember_key="M", abundance_key=None, num_endmembers=4,
                          rgb_bands=[32, 15, 5]),
-    "samson": dict(root=SHARED / "samson.mat", endmember_key="GT", num_endmembers=3, rgb_bands=[76, 48, 19]),
+    "samson": dict(root=SHARED / "samson.mat", endmember_key="GT", abundance_key="S_GT", num_endmembers=3,
+                   rgb_bands=[76, 48, 19]),
 }
 KEYS = ("rmse", "mrae", "sam_deg", "mpsnr", "mssim")
 
@@ -60,6 +61,7 @@ def scores(pred: np.ndarray, ref: np.ndarray, skip: list[int] | None = None) -> 
 def run_scene(name: str, cfg: dict, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     dm = HyperspectralSynthesisDataModule(str(cfg["root"]), endmember_key=cfg["endmember_key"],
+                                          abundance_key=cfg["abundance_key"],
                                           num_endmembers=cfg["num_endmembers"], rgb_bands=cfg["rgb_bands"],
                                           patch_size=32,
                                           samples_per_epoch=args.batch * (args.ae_steps + args.diff_steps + 1),

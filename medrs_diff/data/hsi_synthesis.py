@@ -161,15 +161,28 @@ def mixed_cube(endmembers: np.ndarray, size: int, seed: int = 0, sharpness: floa
     return cube.astype(np.float32), a.astype(np.float32)
 
 
-def scene_library(cube: np.ndarray, endmembers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Scene endmembers (bands, K) put on the cube's scale by one global factor ``s``: with ``Y ~ s M a`` and
-    abundances summing to 1, ``s`` is the mean over (``mask``) pixels of the sum of the unconstrained
-    least-squares abundances ``pinv(M) y``. Samson's endmembers are stored normalised to a maximum of 1;
-    Jasper Ridge's are on the cube's scale already (s close to 1)."""
+def scene_library(cube: np.ndarray, endmembers: np.ndarray, mask: np.ndarray | None = None,
+                  abundances: np.ndarray | None = None) -> np.ndarray:
+    """Scene endmembers (bands, K) put on the cube's scale.
+
+    Without ``abundances``: one global factor ``s``; with ``Y ~ s M a`` and abundances summing to 1, ``s`` is the
+    mean over (``mask``) pixels of the sum of the unconstrained least-squares abundances ``pinv(M) y`` (Jasper
+    Ridge's endmembers are on the cube's scale already: s close to 1). With the file's reference ``abundances``
+    (K, H, W): one factor per endmember, the least-squares ``s`` of ``Y ~ M diag(s) A`` (Samson's endmembers are
+    each normalised to a maximum of 1, so their relative brightness is lost and one factor cannot restore it)."""
     m = np.asarray(endmembers, np.float64)
     y = np.asarray(cube, np.float64).reshape(cube.shape[0], -1)
-    if mask is not None:
-        y = y[:, np.asarray(mask, bool).reshape(-1)]
+    sel = np.asarray(mask, bool).reshape(-1) if mask is not None else slice(None)
+    y = y[:, sel]
+    if abundances is not None:
+        a = np.asarray(abundances, np.float64).reshape(m.shape[1], -1)[:, sel]
+        # Y ~ sum_k s_k m_k a_k: linear in s, design columns vec(m_k a_k^T)
+        design = np.stack([np.outer(m[:, k], a[k]).ravel() for k in range(m.shape[1])], 1)
+        s = np.linalg.lstsq(design, y.ravel(), rcond=None)[0]
+        if not np.isfinite(s).all() or (s <= 0).any():
+            raise DataError("endmembers", f"per-endmember scales {np.round(s, 3).tolist()} are not all positive",
+                            "check that the abundances belong to these endmembers (same order)")
+        return (m * s[None]).astype(np.float32)
     s = float((np.linalg.pinv(m) @ y).sum(0).mean())
     if not np.isfinite(s) or s <= 0:
         raise DataError("endmembers", f"do not fit the cube (global scale {s:.3g})",

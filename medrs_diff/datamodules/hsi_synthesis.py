@@ -9,7 +9,8 @@ and Samson holds every material in about the scene's proportions (reference abun
 water / dirt / road 0.36 / 0.26 / 0.26 / 0.12, whole scene 0.34 / 0.32 / 0.25 / 0.10), while the right strip of
 Jasper Ridge has almost no water (0.01) and twice the scene's mean reflectance, an extrapolation test rather
 than a held-out sample. The endmember library is the file's ``endmember_key`` variable (``endmembers: scene``,
-put on the cube's scale by one global factor, :func:`~medrs_diff.data.hsi_synthesis.scene_library`) or
+put on the cube's scale by one global factor, or by one factor per endmember fitted against the file's reference
+abundances ``abundance_key`` on the training pixels, :func:`~medrs_diff.data.hsi_synthesis.scene_library`) or
 ``num_endmembers`` pixels picked by ATGP on the training pixels (``endmembers: extract``).
 
 Procedural (``phantoms`` > 0): cubes of ``phantom_size`` pixels and ``phantom_bands`` bands mixed from
@@ -48,7 +49,8 @@ __all__ = ["HOLDOUT_SIDES", "HyperspectralSynthesisDataModule", "holdout_regions
 
 def load_synthesis_scene(path: str | Path, key: str | None = "Y", max_value: float | None = None,
                          endmembers: str = "scene", endmember_key: str | None = "M", num_endmembers: int = 4,
-                         train_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         train_mask: np.ndarray | None = None, abundance_key: str | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """(cube (bands, H, W) float32 reflectance, library (bands, K)) of a real scene (see the module notes);
     ``train_mask`` (H, W) limits the pixels the library is fitted or extracted on."""
     from ..data.hyperspectral import load_cube, read_array_file
@@ -64,7 +66,13 @@ def load_synthesis_scene(path: str | Path, key: str | None = "Y", max_value: flo
             raise ArgumentError("endmember_key", "is null with endmembers: scene",
                                 "name the file's endmember variable (Jasper Ridge: M, Samson: GT) or use extract")
         raw = read_array_file(path, key=endmember_key).data
-        lib = scene_library(cube, orient_endmembers(raw, cube.shape[0], f"{path} [{endmember_key}]"), train_mask)
+        ab = None
+        if abundance_key is not None:
+            ab = np.asarray(read_array_file(path, key=abundance_key).data, np.float64)
+            if ab.ndim != 3 or ab.shape[1:] != cube.shape[1:]:
+                raise DataError(path, f"abundances '{abundance_key}' of shape {ab.shape} are not (K, {cube.shape[1]}, "
+                                f"{cube.shape[2]})", "name the file's abundance maps, or set abundance_key: null")
+        lib = scene_library(cube, orient_endmembers(raw, cube.shape[0], f"{path} [{endmember_key}]"), train_mask, ab)
     elif endmembers == "extract":
         lib = extract_endmembers(cube, num_endmembers, train_mask)
     else:
@@ -146,6 +154,7 @@ class HyperspectralSynthesisDataModule(DictDataModule):
         max_value: float | None = None,
         endmembers: str = "scene",
         endmember_key: str | None = "M",
+        abundance_key: str | None = None,
         num_endmembers: int = 4,
         rgb_bands: list[int] | None = None,
         holdout: float = 0.32,
@@ -174,6 +183,7 @@ class HyperspectralSynthesisDataModule(DictDataModule):
         if patch_size < 1 or samples_per_epoch < 1 or gap < 0:
             raise ArgumentError("patch_size / samples_per_epoch / gap", "must be >= 1 (gap >= 0)", "fix them")
         self.root, self.key, self.max_value, self.endmembers = Path(root), key, max_value, endmembers
+        self.abundance_key = abundance_key
         self.endmember_key, self.k, self.rgb_bands = endmember_key, int(num_endmembers), [int(b) for b in rgb_bands]
         self.holdout_side = holdout_side
         if holdout_side not in HOLDOUT_SIDES:
@@ -219,7 +229,7 @@ class HyperspectralSynthesisDataModule(DictDataModule):
             mask = np.zeros((h, w), bool)
             mask[train_region] = True
             cube, lib = load_synthesis_scene(self.root, self.key, self.max_value, self.endmembers, self.endmember_key,
-                                             self.k, mask)
+                                             self.k, mask, self.abundance_key)
             name = self.root.name
             train = _Pairs([cube], [name], lib, self.rgb_bands, length=self.samples_per_epoch, fixed=False,
                            regions=[train_region], **common)

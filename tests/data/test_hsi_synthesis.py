@@ -60,6 +60,10 @@ def test_scene_library_puts_endmembers_on_the_cube_scale_and_orients_them():
     cube, _ = mixed_cube(lib, 12, 0)
     np.testing.assert_allclose(scene_library(cube, 0.5 * lib), lib, rtol=1e-4)  # a global factor of 2 recovered
     assert orient_endmembers(lib.T, 16).shape == (16, 3) and orient_endmembers(lib[None], 16).shape == (16, 3)
+    # endmembers each normalised to a maximum of 1 (Samson's file): one factor per endmember, from the abundances
+    cube, ab = mixed_cube(lib, 12, 1)
+    normalised = lib / lib.max(0, keepdims=True)
+    np.testing.assert_allclose(scene_library(cube, normalised, abundances=ab), lib, rtol=1e-4, atol=1e-6)
     with pytest.raises(DataError, match="no axis of 17 bands"):
         orient_endmembers(lib, 17)
 
