@@ -208,7 +208,8 @@ def test_fit_then_cli_infer_on_an_rgb_geotiff(tmp_path):
                  "--data.init_args.root", str(tmp_path / "data")]) == 0
     ckpt = next((tmp_path / "run").rglob("last.ckpt"))
     lib = synthetic_endmembers(48, 6, 0)
-    rgb = render_rgb(mixed_cube(lib, 40, 99)[0], [36, 21, 8])
+    ref_cube = mixed_cube(lib, 40, 99)[0]
+    rgb = render_rgb(ref_cube, [36, 21, 8])
     src = tmp_path / "in" / "field.tif"
     src.parent.mkdir()
     write_geotiff(rgb, src, crs="EPSG:32633", transform=from_origin(300000.0, 5000000.0, 10.0, 10.0))
@@ -220,3 +221,11 @@ def test_fit_then_cli_infer_on_an_rgb_geotiff(tmp_path):
     seeds = [read_geotiff(out / f"sample_{i}" / "field.tif").data for i in range(3)]  # the recipe's n_samples: 3
     assert all(s.shape == (48, 40, 40) and np.isfinite(s).all() for s in seeds)
     assert not np.array_equal(seeds[0], seeds[2])
+    assert read_geotiff(out / "uncertainty" / "field.tif").data.shape == (48, 40, 40)
+    # the written cubes score with the spectral task against a reference cube on the same grid
+    ref = tmp_path / "ref" / "field.tif"
+    ref.parent.mkdir()
+    write_geotiff(ref_cube, ref, crs="EPSG:32633", transform=from_origin(300000.0, 5000000.0, 10.0, 10.0))
+    for folder in (out, out / "sample_1"):
+        assert main(["evaluate", str(folder), str(ref.parent), "--task", "spectral", "--data-range", "1",
+                     "--out", str(tmp_path / "scores" / folder.name)]) == 0
