@@ -14,6 +14,7 @@ from .clinical2d import Clinical2DSegmentationDataModule
 from .cloud import CloudSeriesDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
+from .hsi_synthesis import HyperspectralSynthesisDataModule
 from .nifti import NiftiSegmentationDataModule
 from .nowcast import NowcastDataModule
 from .pet import PETDoseDataModule
@@ -26,6 +27,7 @@ __all__ = [
     "CloudSeriesDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",
+    "HyperspectralSynthesisDataModule",
     "NiftiFusionDataModule",
     "NiftiSegmentationDataModule",
     "NowcastDataModule",

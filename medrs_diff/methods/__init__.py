@@ -9,6 +9,7 @@ from .blindsrsnf import BlindSRSNF
 from .cloud_baselines import CloudRegressionUNet
 from .ddfm import DDFM
 from .eiddpm import EIDDPM
+from .hyperldm import HyperLDM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .nowcast_diffusion import NowcastDiffusion
@@ -39,6 +40,7 @@ METHODS: dict[str, type[Method]] = {
     "seqdm": SeqDM,
     "cloud_regression_unet": CloudRegressionUNet,
     "nowcast_diffusion": NowcastDiffusion,
+    "hyperldm": HyperLDM,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

@@ -48,6 +48,9 @@ TINY = {
                   num_head_channels=16, norm_num_groups=8, timesteps=50),
     "cloud_regression_unet": dict(bands=3, channels=(8, 16), num_res_units=1),
     "nowcast_diffusion": dict(past_frames=3, future_frames=2, dim=16, depth=1, heads=2, disc_width=8, disc_depth=2),
+    "hyperldm": dict(bands=6, num_endmembers=3, latent_channels=4, codebook_size=16, ae_channels=8, cond_channels=8,
+                     channels=(8, 16), attention_levels=(False, False), num_head_channels=8, norm_num_groups=8,
+                     timesteps=20, n_samples=2),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -139,6 +142,9 @@ def test_io_specs_declare_inputs_outputs_and_grid():
         {"cond": 1}, ("prediction", "members"), 2, 1, "forecast", (),
         {"size_multiple": 4, "past_frames": 3, "future_frames": 2, "layout": "(B, T, C, H, W)",
          "model_space": "log10(mm/h) / 2 (data.radar_sequence.rain_to_model)"})
+    # HyperLDM: RGB in, cubes out (mean, variance, one per seed), latent at 1/4 x two UNet levels
+    assert specs["hyperldm"] == IOSpec({"cond": 3}, (*sr_out, "sample_0", "sample_1"), 2, 1, "spectral", (),
+                                       {"size_multiple": 8, "bands": 6})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -172,6 +178,7 @@ def test_predict_returns_every_declared_output():
         "seqdm": SEQ,
         "cloud_regression_unet": SEQ,
         "nowcast_diffusion": {"cond": torch.rand(2, 3, 1, 16, 16) * 2 - 1},
+        "hyperldm": {"cond": torch.rand(2, 3, 16, 16), "endmembers": torch.rand(6, 3)},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
