@@ -14,6 +14,7 @@ from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .sar_ddpm import SARDDPM
 from .segdiff import SegDiff
 from .srdiff import SRDiff
+from .tcdm import TCDM
 
 #: Registered methods by short name (recipes and checkpoints may name them so).
 METHODS: dict[str, type[Method]] = {
@@ -31,10 +32,11 @@ METHODS: dict[str, type[Method]] = {
     "retinal_mask_ddpm": RetinalMaskDDPM,
     "retinal_image_ddpm": RetinalImageDDPM,
     "sar_ddpm": SARDDPM,
+    "tcdm": TCDM,
 }
 
 __all__ = [
     "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
     "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
-    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
+    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff", "TCDM",
 ]
