@@ -8,8 +8,8 @@ Protocol (seeded, tiny CPU nets, not the paper's numbers): HR = BigEarthNet Sent
 (120 x 120, reflectance x 1e4, the last 2 of 6 scenes held out) or 120 x 120 tiles of the rasterio Landsat 7
 RGB scene (8-bit DN; tiles holding nodata skipped; the last third of the tiles in row order, the south of the
 scene, held out); LR = ``scale`` x block mean (``data/sr_pairs.py``). Each diffusion method trains
-``--steps`` optimizer steps on random HR patches of 64 px (batch 8) with EMA weights; its RRDB (CTNG) is
-pre-trained for the first quarter. ``rrdb`` is SRDiff's pre-trained RRDB regression head. ``tcdm`` samples
+``--steps`` optimizer steps on random HR patches of max(32, 6 x scale) px (batch 8) with EMA weights; its RRDB
+(CTNG) is pre-trained for the first third. ``rrdb`` is SRDiff's pre-trained RRDB regression head. ``tcdm`` samples
 from t' = 10 of T = 100 (11 DDPM steps); ``tcdm_full`` is a TCDM trained on every timestep, sampled both
 from t' = 10 and with the full 100-step chain (the same weights: the seconds and the quality of the
 truncated start against the full chain). ``srdiff`` samples its full 100-step chain. Metrics on whole
@@ -60,8 +60,8 @@ def make_pairs(name: str, out: Path, scale: int) -> None:
         raster_sr_pairs(SHARED / "landsat_rasterio" / "RGB.byte.tif", out, tile=120, scale=scale)
 
 
-def datamodule(root: Path, scaling: str, steps: int) -> GeoTiffSRDataModule:
-    dm = GeoTiffSRDataModule(str(root), scaling=scaling, patch_size=64, samples_per_epoch=steps * 8,
+def datamodule(root: Path, scaling: str, steps: int, scale: int) -> GeoTiffSRDataModule:
+    dm = GeoTiffSRDataModule(str(root), scaling=scaling, patch_size=max(32, 6 * scale), samples_per_epoch=steps * 8,
                              val_fraction=0.34, batch_size=8)
     dm.prepare_data()
     return dm
@@ -76,11 +76,11 @@ def heldout(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def _srdiff(scale: int, rescale: float, steps: int) -> SRDiff:
-    return SRDiff(scale=scale, res_rescale=rescale, pretrain_steps=steps // 4, **TINY)
+    return SRDiff(scale=scale, res_rescale=rescale, pretrain_steps=steps // 3, **TINY)
 
 
 def _tcdm(scale: int, rescale: float, steps: int, up_to_trunc: bool = True) -> TCDM:
-    return TCDM(scale=scale, res_rescale=rescale, pretrain_steps=steps // 4, t_trunc=T_TRUNC,
+    return TCDM(scale=scale, res_rescale=rescale, pretrain_steps=steps // 3, t_trunc=T_TRUNC,
                 train_up_to_trunc=up_to_trunc, **TINY)
 
 
@@ -128,7 +128,7 @@ def run(name: str, scale: int, methods: list[str], steps: int, work: Path) -> li
         torch.manual_seed(0)
         model = build(scale, rescale, steps)
         t0 = time.perf_counter()
-        fit(model, datamodule(root, scaling_name, steps), steps, lr=2e-3, ema_decay=0.999)
+        fit(model, datamodule(root, scaling_name, steps, scale), steps, lr=2e-3, ema_decay=0.999)
         train_s = time.perf_counter() - t0
         if key == "srdiff" and "rrdb" in methods:
             with torch.no_grad():
