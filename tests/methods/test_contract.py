@@ -42,6 +42,7 @@ TINY = {
                                num_head_channels=16, norm_num_groups=8, timesteps=50),
     "sar_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
                      norm_num_groups=8, timesteps=50, cycle_shifts=2),
+    "tcdm": dict(in_channels=3, scale=2, **SR),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -148,6 +149,7 @@ def test_predict_returns_every_declared_output():
         "retinal_mask_ddpm": {"label": torch.zeros(2, 1, 16, 16)},
         "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
         "sar_ddpm": {"cond": torch.rand(2, 1, 16, 16) * 2 - 1},
+        "tcdm": {"cond": torch.rand(2, 3, 8, 8) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
