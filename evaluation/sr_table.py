@@ -100,7 +100,8 @@ def scores(pred: torch.Tensor, hr: torch.Tensor, scale: int, data_range: float) 
             "ssim": float(ssim(p, r, data_range=data_range).mean()), "sam": float(sam(p, r).mean())}
 
 
-def run(name: str, scale: int, methods: list[str], steps: int, work: Path) -> list[dict[str, Any]]:
+def run(name: str, scale: int, methods: list[str], steps: int, work: Path,
+        save: Callable[[dict[str, Any]], None]) -> None:
     from _learning import fit
 
     scaling_name, data_range, rescale = DATA[name]
@@ -110,13 +111,13 @@ def run(name: str, scale: int, methods: list[str], steps: int, work: Path) -> li
     cases = heldout(root)
     to_model = lambda x: sc.forward(torch.from_numpy(x)[None], channel_axis=1).float()  # noqa: E731
     to_data = lambda y: sc.inverse(y, channel_axis=1).float()  # noqa: E731
-    rows: list[dict[str, Any]] = []
 
-    def add(row: str, preds: list[torch.Tensor], seconds: float) -> None:
+    def add(row: str, preds: list[torch.Tensor], seconds: float, **extra: Any) -> None:
         per = [scores(p, torch.from_numpy(h)[None], scale, data_range) for p, (_, _, h) in zip(preds, cases)]
-        rows.append({"data": name, "scale": scale, "method": row, "seconds": round(seconds, 2), "cases": len(per),
-                     **{k: float(np.mean([s[k] for s in per])) for k in ("psnr", "ssim", "sam")}})
-        print(rows[-1], flush=True)
+        r = {"data": name, "scale": scale, "method": row, "seconds": round(seconds, 2), "cases": len(per),
+             **{k: float(np.mean([s[k] for s in per])) for k in ("psnr", "ssim", "sam")}, **extra}
+        print(r, flush=True)
+        save(r)
 
     if "bicubic" in methods:
         t0 = time.perf_counter()
@@ -142,9 +143,7 @@ def run(name: str, scale: int, methods: list[str], steps: int, work: Path) -> li
             t0 = time.perf_counter()
             preds = [to_data(model.predict({"cond": to_model(lo)}, generator=g, n_samples=1, **kw)["prediction"])
                      for _, lo, _ in cases]
-            add(row, preds, time.perf_counter() - t0)
-            rows[-1]["train_seconds"] = round(train_s, 1)
-    return rows
+            add(row, preds, time.perf_counter() - t0, train_seconds=round(train_s, 1))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -171,11 +170,20 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp())
-    rows = [r for d in args.data for s in args.scales for r in run(d, s, args.methods, args.steps, work)]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"steps": args.steps, "rows": rows,
-                                                       "seconds": round(time.perf_counter() - start)}, indent=2))
-    (args.out / "table.md").write_text(table(rows))
+    rows: list[dict[str, Any]] = []
+
+    def save(row: dict[str, Any] | None = None) -> None:  # after every row, so a cut run keeps what it has
+        if row is not None:
+            rows.append(row)
+        (args.out / "results.json").write_text(json.dumps({"steps": args.steps, "rows": rows,
+                                                           "seconds": round(time.perf_counter() - start)}, indent=2))
+        (args.out / "table.md").write_text(table(rows))
+
+    for d in args.data:
+        for s in args.scales:
+            run(d, s, args.methods, args.steps, work, save)
+    save()
     print(table(rows))
 
 
