@@ -97,7 +97,7 @@ def test_phases_and_texture_term():
     assert {"loss_ctng", "loss_tc"} <= set(logs)
     loss, logs = m.loss(batch)
     assert {"loss_simple", "loss_tc"} <= set(logs) and all(not p.requires_grad for p in m.sr_head.parameters())
-    assert math.isclose(float(loss), float(logs["loss_simple"] + logs["loss_tc"]), rel_tol=1e-5)
+    assert math.isclose(float(loss.detach()), float(logs["loss_simple"] + logs["loss_tc"]), rel_tol=1e-5)
 
 
 def test_bad_input_one_clear_error_each():
