@@ -91,7 +91,7 @@ def raster_sr_pairs(path: PathLike, out_dir: PathLike, tile: int = 120, scale: i
                 continue
             tr = r.transform @ Affine.translation(j * tile, i * tile)
             records.append(write_sr_pair(hr, r.crs, tr, out_dir, f"r{i:02d}_c{j:02d}", scale, nodata=nodata,
-                                         band_names=list(r.band_names) if all(r.band_names) else None,
+                                         band_names=list(r.band_names) if r.band_names and all(r.band_names) else None,
                                          blur_sigma=blur_sigma))
     if not records:
         raise DataError(path, f"holds no {tile} x {tile} tile free of nodata", "use a smaller tile or another scene")
