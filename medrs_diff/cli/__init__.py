@@ -5,7 +5,7 @@ packaged recipe by name, the TorchGeo convention); ``infer`` runs a checkpoint o
 GeoTIFF, PNG / JPEG, ...), writing every output the method declares on the input's grid;
 ``generate`` writes synthetic vessel-mask / fundus pairs from the retinal dual model's checkpoints;
 ``evaluate`` scores predictions; ``list`` shows methods, recipes and samplers; ``quickstart`` trains,
-infers and evaluates SegDiff and SRDiff end to end; ``samplers`` prints the engine's accuracy table.
+infers and evaluates SegDiff and TCDM (super-resolution) end to end; ``samplers`` prints the engine's accuracy table.
 
 A user error (bad file, argument, recipe or checkpoint) prints one line
 ``medrs-diff <command>: error: ...`` and exits with status 2; set ``MEDRS_DIFF_TRACEBACK=1`` to see
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list methods, recipes, samplers, schedules and spacings")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("quickstart", help="train, infer and evaluate SegDiff (NIfTI) and SRDiff (GeoTIFF)")
+    p = sub.add_parser("quickstart", help="train, infer and evaluate SegDiff (NIfTI) and TCDM x4 (GeoTIFF)")
     p.add_argument("--out", default="quickstart_out", help="report folder (default: ./quickstart_out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a few steps only (smoke test)")

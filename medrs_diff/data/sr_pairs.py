@@ -71,3 +71,28 @@ def bigearthnet_sr_pairs(root: PathLike, out_dir: PathLike, bands: Sequence[str]
         records.append(write_sr_pair(hr[:, :h, :w], ref.crs, ref.transform, out_dir, patch.name, scale,
                                      nodata=0, band_names=list(bands), blur_sigma=blur_sigma))
     return records
+
+
+def raster_sr_pairs(path: PathLike, out_dir: PathLike, tile: int = 120, scale: int = 8,
+                    blur_sigma: float = 0.0) -> list[dict[str, str]]:
+    """HR = the ``tile`` x ``tile`` tiles of one scene (e.g. a Landsat RGB GeoTIFF) that hold no nodata pixel,
+    named ``r<row>_c<col>`` in row order (the last ones lie south: hold those out to split by region);
+    LR = their ``scale`` x block mean. Same dtype, CRS and band names as the scene."""
+    if tile % scale:
+        raise ValueError(f"tile {tile} is not a multiple of the scale {scale}")
+    r = read_geotiff(path)
+    data = np.asarray(r.data)
+    nodata = r.nodata
+    records = []
+    for i in range(data.shape[1] // tile):
+        for j in range(data.shape[2] // tile):
+            hr = data[:, i * tile:(i + 1) * tile, j * tile:(j + 1) * tile]
+            if nodata is not None and bool((hr == nodata).all(axis=0).any()):
+                continue
+            tr = r.transform @ Affine.translation(j * tile, i * tile)
+            records.append(write_sr_pair(hr, r.crs, tr, out_dir, f"r{i:02d}_c{j:02d}", scale, nodata=nodata,
+                                         band_names=list(r.band_names) if r.band_names and all(r.band_names) else None,
+                                         blur_sigma=blur_sigma))
+    if not records:
+        raise DataError(path, f"holds no {tile} x {tile} tile free of nodata", "use a smaller tile or another scene")
+    return records

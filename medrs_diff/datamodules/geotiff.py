@@ -65,7 +65,8 @@ class GeoTiffSRDataModule(DictDataModule):
     ``setup`` refuses non-finite pixels that are not the file's nodata (scanned once, cached by path, mtime
     and size; ``check_files=False`` skips it). Items carry ``case``, the HR file name. An empty ``root``
     is filled from ``bigearthnet_root`` (real Sentinel-2 10 m bands, LR = ``phantom_scale`` x block mean)
-    or with ``phantoms`` synthetic pairs."""
+    or with ``phantoms`` synthetic pairs, or from the nodata-free ``hr_tile`` px tiles of one scene ``hr_raster``
+    (e.g. a Landsat RGB GeoTIFF; LR = ``phantom_scale`` x block mean)."""
 
     def __init__(
         self,
@@ -83,6 +84,8 @@ class GeoTiffSRDataModule(DictDataModule):
         phantom_seed: int = 0,
         bigearthnet_root: str | None = None,
         bigearthnet_bands: list[str] | None = None,
+        hr_raster: str | None = None,
+        hr_tile: int = 120,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -92,6 +95,7 @@ class GeoTiffSRDataModule(DictDataModule):
         self.save_hyperparameters()
         self.root = Path(root)
         self.bigearthnet_root, self.bigearthnet_bands = bigearthnet_root, bigearthnet_bands
+        self.hr_raster, self.hr_tile = hr_raster, hr_tile
         self.bands, self.scaling, self.patch_size = bands, scaling, patch_size
         self.samples_per_epoch, self.val_fraction = samples_per_epoch, val_fraction
         self.check_files = check_files
@@ -106,6 +110,10 @@ class GeoTiffSRDataModule(DictDataModule):
 
             bands = self.bigearthnet_bands if self.bigearthnet_bands is not None else S2_RGB
             bigearthnet_sr_pairs(self.bigearthnet_root, self.root, bands, scale=self.phantom_scale)
+        elif self.hr_raster:
+            from ..data.sr_pairs import raster_sr_pairs
+
+            raster_sr_pairs(self.hr_raster, self.root, tile=self.hr_tile, scale=self.phantom_scale)
         elif self.phantoms:
             from ..data.synthetic import make_sr_pairs
 

@@ -19,6 +19,7 @@ from .sar_ddpm import SARDDPM
 from .segdiff import SegDiff
 from .seqdm import SeqDM
 from .srdiff import SRDiff
+from .tcdm import TCDM
 
 #: Registered methods by short name (recipes and checkpoints may name them so).
 METHODS: dict[str, type[Method]] = {
@@ -41,6 +42,7 @@ METHODS: dict[str, type[Method]] = {
     "cloud_regression_unet": CloudRegressionUNet,
     "nowcast_diffusion": NowcastDiffusion,
     "hyperldm": HyperLDM,
+    "tcdm": TCDM,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

@@ -1,5 +1,6 @@
 """Smoke and bad-input tests of every `medrs-diff` command (tiny recipes, a few steps)."""
 
+import json
 import os
 import re
 import subprocess
@@ -214,5 +215,10 @@ def test_quickstart_fast(tmp_path, capsys):
     report = tmp_path / "qs" / "report"
     assert (report / "metrics.json").exists() and (report / "segdiff_panel.png").exists()
     out = capsys.readouterr().out
-    assert (report / "srdiff_panel.png").exists() and f"report: {report.resolve()}" in out
+    assert (report / "sr_panel.png").exists() and f"report: {report.resolve()}" in out
     assert "=== medrs-diff quick start ===" in out and not [ln for ln in out.splitlines() if "it/s]" in ln]
+    # the SR rows side by side, and a plain verdict against bicubic that matches the numbers
+    sr = json.loads((report / "metrics.json").read_text())["super_resolution"]["vs_baselines"]
+    assert set(sr) == {"bicubic", "rrdb_regression", "tcdm"}
+    above = sr["tcdm"]["psnr"] >= sr["bicubic"]["psnr"]
+    assert ("above bicubic" in out) == above and ("BELOW bicubic" in out) == (not above)

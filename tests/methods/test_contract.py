@@ -51,6 +51,7 @@ TINY = {
     "hyperldm": dict(bands=6, num_endmembers=3, latent_channels=4, codebook_size=16, ae_channels=8, cond_channels=8,
                      channels=(8, 16), attention_levels=(False, False), num_head_channels=8, norm_num_groups=8,
                      timesteps=20, n_samples=2),
+    "tcdm": dict(in_channels=3, scale=2, **SR),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
@@ -179,6 +180,7 @@ def test_predict_returns_every_declared_output():
         "cloud_regression_unet": SEQ,
         "nowcast_diffusion": {"cond": torch.rand(2, 3, 1, 16, 16) * 2 - 1},
         "hyperldm": {"cond": torch.rand(2, 3, 16, 16), "endmembers": torch.rand(6, 3)},
+        "tcdm": {"cond": torch.rand(2, 3, 8, 8) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
