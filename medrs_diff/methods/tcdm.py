@@ -44,8 +44,6 @@ from .srdiff import SRDiff
 
 #: LR values (model space) above this are outside any range the model can have been trained on.
 MAX_MODEL_VALUE = 1.5
-#: share of LR pixels at the top of the model range above which the input is taken as wrongly scaled.
-SATURATED_SHARE = 0.5
 
 
 def texture_consistency_loss(sr: Tensor, hr: Tensor, gradient_weight: float = 1.0) -> Tensor:
@@ -132,20 +130,22 @@ class TCDM(SRDiff):
 
     def check_lr(self, lr: Tensor) -> None:
         """LR tiles at least the receptive field, and values in the model's range (16-bit data through an
-        8-bit or reflectance scaling sits at the top of the range, or above it when unclipped)."""
+        unclipped scaling lands far above it; through a clipping scaling such as ``dn8`` the raw values are
+        checked by the Predictor, :func:`~medrs_diff.data.scaling.check_bit_depth`: a saturated tile of a real
+        8-bit scene, e.g. cloud, is valid here)."""
         small = [s for s in lr.shape[2:] if s < self.min_lr_size]
         if small:
             raise DataError("LR image", f"tile {'x'.join(map(str, lr.shape[2:]))} px is smaller than the model's "
                             f"receptive field ({self.min_lr_size} LR px per side)",
                             f"use LR tiles of at least {self.min_lr_size} px (--tile) or a larger image")
         top = float(lr.detach().amax()) if lr.numel() else 0.0
-        saturated = float((lr.detach() >= 1.0 - 1e-4).float().mean()) if lr.numel() else 0.0
-        if not math.isfinite(top) or top > MAX_MODEL_VALUE or saturated > SATURATED_SHARE:
-            raise DataError("LR image", f"values reach {top:.3g} in model space with {100 * saturated:.0f}% of "
-                            "pixels at the top of the range the model was trained on (about [-1, 1]): the input "
-                            "looks like 16-bit data fed to a model trained on 8-bit / reflectance data",
+        if not math.isfinite(top) or top > MAX_MODEL_VALUE:
+            raise DataError("LR image", f"values reach {top:.3g} in model space, far above the range the model was "
+                            "trained on (about [-1, 1]): the input looks like 16-bit data fed to a model trained on "
+                            "8-bit / reflectance data",
                             "rescale the input to the training data's units (e.g. 8-bit DN or reflectance x 1e4) "
                             "or use a checkpoint trained on 16-bit data")
+
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         self.check_scale(batch.get("scale"))

@@ -10,6 +10,7 @@ from medrs_diff.data.scaling import digital_number, reflectance
 from medrs_diff.diffusion.generators import randn
 from medrs_diff.diffusion.samplers import SAMPLERS
 from medrs_diff.errors import ArgumentError, DataError
+from medrs_diff.inference import Predictor
 from medrs_diff.methods import METHODS, TCDM, SRDiff
 from medrs_diff.methods.tcdm import texture_consistency_loss
 from medrs_diff.metrics import psnr
@@ -109,12 +110,15 @@ def test_bad_input_one_clear_error_each():
         m.loss({"cond": lr, "image": torch.zeros(1, 3, 32, 32), "scale": torch.tensor([4])})
     with pytest.raises(DataError, match="smaller than the model's receptive field"):
         m.predict({"cond": lr[..., :2, :2]})
-    # 16-bit DN (here Landsat-like 7000..20000) through the 8-bit scaling the model was trained with
+    # 16-bit DN (here Landsat-like 7000..20000): through an unclipped scaling the method refuses it, through the
+    # 8-bit scaling the model was trained with the Predictor refuses the raw values before any compute
     dn16 = torch.randint(7000, 20000, (1, 3, 8, 8)).float()
     with pytest.raises(DataError, match="16-bit data"):
-        m.predict({"cond": digital_number(8).forward(dn16, channel_axis=1)})
-    with pytest.raises(DataError, match="16-bit data"):  # and through an unclipped scaling
         m.predict({"cond": dn16 / 127.5 - 1})
+    with pytest.raises(DataError, match=r"more than 8 bits \(e\.g\. 16-bit\)"):
+        Predictor.from_method(m, scaling="dn8").predict_array(dn16[0], steps=1)
+    # a saturated 8-bit tile (cloud at 255) is valid input
+    m.predict({"cond": digital_number(8).forward(torch.full((1, 3, 8, 8), 255.0), channel_axis=1)}, steps=1)
     # real 8-bit and reflectance inputs pass
     m.predict({"cond": digital_number(8).forward(torch.randint(0, 256, (1, 3, 8, 8)).float(), channel_axis=1)},
               steps=1)
