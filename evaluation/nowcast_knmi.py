@@ -55,7 +55,8 @@ from medrs_diff.errors import ArgumentError, MedrsError  # noqa: E402
 from medrs_diff.evaluation.nowcast_baselines import nowcast  # noqa: E402
 from medrs_diff.evaluation.nowcast_model import diffusion_nowcast, fit_nowcast  # noqa: E402
 from medrs_diff.metrics import forecast as MF  # noqa: E402
-from medrs_diff.metrics.crps import crps_sums  # noqa: E402
+from medrs_diff.metrics.crps import crps_sums, pooled_crps  # noqa: E402
+from medrs_diff.metrics.spectrum import ralsd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "radar_knmi" / "2010" / "08"
@@ -172,11 +173,23 @@ def score(forecasts: dict[str, list[xr.DataArray]], truths: list[np.ndarray], le
             for i, t in enumerate((1.0, 5.0)):
                 for j, n in enumerate(scales):
                     res.setdefault(f"fss_{n}@{t:g}", []).append(float(fss[i, j]))
+            res.setdefault("ralsd", []).append(_mean_ralsd(det[:, li], obs[:, li]))
         out[name + ("_mean" if ens else "")] = res
-        if ens:  # ensemble scores on their own row
+        if ens:  # ensemble scores on their own row: CRPS (plain and average-pooled), RALSD of one member
             sums = [crps_sums(f[:, :, li], obs[:, li]) for li in range(len(leads))]
-            out[name] = {"crps": [float(s.sum() / n.sum()) for s, n in sums]}
+            row = {"crps": [float(s.sum() / n.sum()) for s, n in sums],
+                   "ralsd": [_mean_ralsd(f[:, 0, li], obs[:, li]) for li in range(len(leads))]}
+            for k in [k for k in scales if 1 < k <= min(obs.shape[-2:])]:
+                row[f"crps_avgpool{k}"] = [float(pooled_crps(f[:, :, li], obs[:, li], (k,))[k].mean())
+                                           for li in range(len(leads))]
+            out[name] = row
     return out
+
+
+def _mean_ralsd(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Mean RALSD (dB) over the windows' fields with a defined spectrum (an all-dry field has none)."""
+    v = ralsd(pred, ref).numpy()
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
 def write_table(scores: dict, seconds: dict, leads: list[int], step: float, out: Path, info: str) -> Path:
@@ -185,7 +198,7 @@ def write_table(scores: dict, seconds: dict, leads: list[int], step: float, out:
              "| method | seconds per forecast |", "|---|---|"]
     lines += [f"| {m} | {s:.2f} |" for m, s in seconds.items()]
     keys = ["csi@0.5", "csi@1", "csi@5", "csi@10", "pod@1", "far@1", "hss@1", "fss_1@1", "fss_4@1", "fss_16@1",
-            "fss_4@5", "crps"]
+            "fss_4@5", "ralsd", "crps", "crps_avgpool4", "crps_avgpool16"]
     for key in keys:
         rows = [(m, r[key]) for m, r in scores.items() if key in r]
         if not rows:

@@ -35,6 +35,10 @@ def test_scores_per_lead_hand_cases(mod):
     assert "csi@5" not in s["p"] and set(s) == {"p", "h", "e_mean", "e"}
     np.testing.assert_allclose(s["e"]["crps"], [0.25, 0.25])  # |x-y| mean 0.5, spread term 1/4
     assert s["e_mean"]["csi@1"] == [1.0, 1.0]  # mean = obs + 0.5: same events
+    assert s["p"]["ralsd"] == [0.0, 0.0] and s["e"]["ralsd"] == [0.0, 0.0]  # member 0 = obs: same spectrum
+    assert s["h"]["ralsd"][0] == 0.0 and s["h"]["ralsd"][1] > 0.5  # half the rain gone at lead 2
+    pooled = mod.score({"e": [ens, ens]}, truths, [1, 2], thresholds=(1.0,), scales=(1, 2))
+    np.testing.assert_allclose(pooled["e"]["crps_avgpool2"], [0.25, 0.25])  # pooling obs + 1 keeps the offset
 
 
 def test_cli_refuses_unknown_method_and_bad_numbers(mod, capsys, tmp_path):
