@@ -265,17 +265,27 @@ def model_to_mask(y: Array, threshold: float = 0.0) -> Array:
 
 
 def check_bit_depth(spec: ScalingSpec, x: Array, where: object = None) -> None:
-    """Refuse data above the top of an n-bit digital-number scaling (``dn8``: 255), e.g. 16-bit pixels given to a
-    model trained on 8-bit images, which the scaling would silently clip to white. Other scalings pass."""
-    if isinstance(spec, str) and not spec.startswith("dn"):
+    """Refuse data in the wrong units for a fixed digital-number scaling: above the top of an n-bit range
+    (``dn8``: 255; e.g. 16-bit pixels given to a model trained on 8-bit images, which the scaling would clip to
+    white), or reflectance in 0..1 given to a ``reflectance`` model trained on DN (reflectance x 1e4), which it
+    would see as black. Other scalings pass."""
+    if isinstance(spec, str) and not (spec.startswith("dn") or spec == "reflectance"):
         return
     scaling = spec if isinstance(spec, Scaling) else resolve(spec) if isinstance(spec, str) else None
-    if scaling is None or not scaling.kind.startswith("dn") or scaling.clip_max is None:
+    if scaling is None or scaling.clip_max is None:
+        return
+    if not (scaling.kind.startswith("dn") or scaling.kind == "reflectance"):
         return
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     finite = a[np.isfinite(a)] if np.issubdtype(a.dtype, np.floating) else a.ravel()
     top = max(scaling.clip_max)
     big = float(finite.max()) if finite.size else 0.0
+    if scaling.kind == "reflectance":
+        if top >= 100 and 0 < big <= 1.5:
+            raise DataError(where, f"values reach only {big:g}: reflectance in 0..1, but this model was trained on "
+                            f"reflectance x {top:g} (digital numbers)",
+                            f"multiply the image by {top:g} (Sentinel-2 L2A DN), or use a model trained on 0..1 data")
+        return
     if big > top:
         n = scaling.kind[2:]
         raise DataError(where, f"values reach {big:g}, above {top:g}, the top of the {scaling.kind} range this model "

@@ -397,7 +397,7 @@ class Predictor:
         data, invalid = apply_nan_policy(t.numpy(), "array", nan_policy, 0, "voxel" if dims == 3 else "pixel",
                                          per_channel=self.channelwise)
         t = torch.from_numpy(np.ascontiguousarray(data))
-        check_bit_depth(self.scaling, t, "array")  # e.g. 16-bit pixels into an 8-bit (dn8) model
+        check_bit_depth(self.scaling, t, "array")  # 16-bit pixels into a dn8 model, 0..1 into a DN model
         scaling = resolve(input_scaling(self.scaling, self.channelwise), t)
         warn_input_clipping(f"array {case}".rstrip(), scaling, t)
         outs = infer_volume(fn, scaling.forward(t), self.window(tuple(t.shape[1:]), tile), overlap, blend, batch,
@@ -597,7 +597,7 @@ class Predictor:
                 shape = (r.height, r.width)
             if not has_valid_data(src):
                 raise DataError(src, "holds only nodata / NaN pixels", "check the file and its nodata value")
-            if isinstance(self.scaling, str) and self.scaling.startswith("dn"):  # 16-bit file, 8-bit model
+            if isinstance(self.scaling, str) and (self.scaling.startswith("dn") or self.scaling == "reflectance"):
                 with open_geotiff(src) as r:  # a decimated view: bounded memory, enough to see the range
                     view = r.read(out_shape=(r.count, min(r.height, 1024), min(r.width, 1024)), masked=True)
                 check_bit_depth(self.scaling, view.filled(0), src)

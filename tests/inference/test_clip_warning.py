@@ -63,3 +63,16 @@ def test_nifti_suv_above_range_warns_and_in_range_is_silent(tmp_path):
     hot = write_nifti(vol, tmp_path / "hot.nii.gz", np.eye(4))
     with pytest.warns(UserWarning, match=r"hot\.nii\.gz: 1 values .* 'pet_suv'"):
         I.infer_nifti(identity, hot, tmp_path / "o2.nii.gz", (4, 4, 4), in_scaling=pet_suv(), progress=False)
+
+
+def test_units_checks_refuse_16_bit_into_dn8_and_unit_reflectance_into_dn_models():
+    from medrs_diff.data.scaling import check_bit_depth
+    from medrs_diff.errors import DataError
+
+    with pytest.raises(DataError, match=r"^s\.tif: values reach 4000, above 255.*more than 8 bits"):
+        check_bit_depth("dn8", np.array([[0, 4000]], np.uint16), "s.tif")
+    with pytest.raises(DataError, match=r"^r\.tif: values reach only 0\.42: reflectance in 0\.\.1.*x 10000"):
+        check_bit_depth("reflectance", np.array([0.1, 0.42], np.float32), "r.tif")
+    for spec, x in (("dn8", [0, 255]), ("reflectance", [0.0, 3500.0]), ("reflectance", [0.0, 0.0]),
+                    ("mri", [0.0, 0.4]), (None, [0, 70000])):
+        check_bit_depth(spec, np.array(x, np.float32), "ok.tif")  # right units, an empty tile, other scalings
