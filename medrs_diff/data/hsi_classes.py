@@ -68,7 +68,8 @@ def load_unmixing_scene(path: str | os.PathLike, min_abundance: float = 0.5) -> 
     elif "S_GT" in mat:  # Samson: (rows, cols, K); endmembers GT (K, bands), each scaled to a maximum of 1
         abund = np.moveaxis(mat["S_GT"], -1, 0)
         ends = mat.get("GT")
-        classes = SCENE_CLASSES["samson"] if abund.shape[0] == 3 else tuple(f"class{i + 1}" for i in range(abund.shape[0]))
+        k = abund.shape[0]
+        classes = SCENE_CLASSES["samson"] if k == 3 else tuple(f"class{i + 1}" for i in range(k))
     else:
         raise DataError(p, "holds no abundance maps (A or S_GT)", "pass Jasper Ridge or Samson from the shared data")
     if abund.shape[1:] != cube.shape[1:]:

@@ -13,6 +13,7 @@ from .regression_unet import RegressionUNet
 from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .sar_ddpm import SARDDPM
 from .segdiff import SegDiff
+from .spectraldiff import SpectralDiff
 from .srdiff import SRDiff
 
 #: Registered methods by short name (recipes and checkpoints may name them so).
@@ -31,10 +32,11 @@ METHODS: dict[str, type[Method]] = {
     "retinal_mask_ddpm": RetinalMaskDDPM,
     "retinal_image_ddpm": RetinalImageDDPM,
     "sar_ddpm": SARDDPM,
+    "spectraldiff": SpectralDiff,
 }
 
 __all__ = [
     "BCDPM", "DDFM", "EIDDPM", "METHODS", "AnoDDPM", "DiffusionMethod", "IOSpec", "MedSegDiffV1", "MedSegDiffV2",
     "Method", "RegressionSR", "RegressionUNet", "RetinalImageDDPM", "RetinalMaskDDPM",
-    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff",
+    "SARDDPM", "SMPUNet", "SRDiff", "SegDiff", "SpectralDiff",
 ]

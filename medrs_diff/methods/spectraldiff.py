@@ -14,7 +14,8 @@ feature extractor for per-pixel land-cover classification.
 
 One ``fit`` runs the phases in turn by step count (as SRDiff does): ``diffusion_steps`` of diffusion, then
 ``pca_batches`` batches (more until there are more rows than components) whose centre-pixel features are
-collected (the training loader's pixels only) and the PCA fitted, then the classifier with the diffusion net frozen. ``predict`` on a (B, bands, H, W) tile returns
+collected (the training loader's pixels only) and the PCA fitted, then the classifier with the diffusion net
+frozen. ``predict`` on a (B, bands, H, W) tile returns
 ``prediction`` (the class **code** 1..K per pixel, 0 never: the label-map convention of
 :mod:`medrs_diff.data.hyperspectral`) and ``probability`` (K channels). Feature noise is drawn from
 ``generator``, else from a generator seeded with ``feature_seed`` (the same tile gives the same map).
@@ -256,7 +257,7 @@ class SpectralDiff(Method):
         label = label.reshape(-1).long()
         if label.min() < 0 or label.max() >= self.num_classes:
             raise DataError("batch", f"class indices {int(label.min())}..{int(label.max())} leave 0.."
-                            f"{self.num_classes - 1}", f"set num_classes to the data's class count")
+                            f"{self.num_classes - 1}", "set num_classes to the data's class count")
         z = self.project(feats)[:, :, cy - r : cy + r + 1, cx - r : cx + r + 1]
         logits = self.classifier(z)
         ce = F.cross_entropy(logits, label)

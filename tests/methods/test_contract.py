@@ -42,9 +42,12 @@ TINY = {
                                num_head_channels=16, norm_num_groups=8, timesteps=50),
     "sar_ddpm": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
                      norm_num_groups=8, timesteps=50, cycle_shifts=2),
+    "spectraldiff": dict(bands=2, num_classes=3, channels=(4, 8), spatial_kernel=3, feature_timesteps=(5, 100),
+                         feature_bins=2, pca_components=4, patch_size=5, dim=16, heads=2),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
-OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
+OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1},
+                "spectraldiff": {"probability": 3}}
 
 
 def test_every_registered_method_is_covered_by_the_contract_tests():
@@ -121,6 +124,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                                  {"size_multiple": 2})
     assert specs["sar_ddpm"] == IOSpec({"cond": 1}, ("prediction",), 2, 1, "image", ("prediction",),
                                        {"size_multiple": 2})
+    assert specs["spectraldiff"] == IOSpec({"image": 2}, ("prediction", "probability"), 2, 1, "class", (),
+                                           {"size_multiple": 1})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -148,9 +153,12 @@ def test_predict_returns_every_declared_output():
         "retinal_mask_ddpm": {"label": torch.zeros(2, 1, 16, 16)},
         "retinal_image_ddpm": {"label": (torch.rand(2, 1, 16, 16) > 0.8).float()},
         "sar_ddpm": {"cond": torch.rand(2, 1, 16, 16) * 2 - 1},
+        "spectraldiff": {"image": torch.randn(2, 2, 16, 16)},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
+        if name == "spectraldiff":  # predicts once its PCA is fitted (on training features)
+            m.fit_pca(torch.randn(20, m.feature_dim))
         out = m.predict(batches[name], sampler="ddim", steps=2, n_samples=2, generator=g)
         spec = m.io_spec
         assert set(spec.outputs) <= set(out), name
