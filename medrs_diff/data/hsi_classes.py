@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from ..io.cube import read_mat
 from .errors import DataError, require_file
+from .hsi_checks import check_abundance_alignment, check_finite_bands, check_label_map, unfold_pixels
 
 #: Endmember names of the two shared scenes (Samson's order read from its spectra, see its README).
 SCENE_CLASSES = {"jasper": ("tree", "water", "dirt", "road"), "samson": ("soil", "tree", "water")}
@@ -55,6 +56,9 @@ def load_unmixing_scene(path: str | os.PathLike, min_abundance: float = 0.5) -> 
     cube = np.asarray(y.data, np.float64)
     if cube.ndim != 3:
         raise DataError(p, f"Y unfolds to {cube.shape}, not (bands, rows, cols)", "store nRow / nCol beside Y")
+    check_finite_bands(cube, p)
+    # the stated order (MATLAB column-major) must give the smoother image: a mix-up stops here
+    unfold_pixels(cube.reshape(cube.shape[0], -1, order="F"), cube.shape[1], cube.shape[2], "F", p)
     if "maxValue" in variables:
         cube = cube / float(variables["maxValue"])
     import scipy.io
@@ -72,9 +76,9 @@ def load_unmixing_scene(path: str | os.PathLike, min_abundance: float = 0.5) -> 
         classes = SCENE_CLASSES["samson"] if k == 3 else tuple(f"class{i + 1}" for i in range(k))
     else:
         raise DataError(p, "holds no abundance maps (A or S_GT)", "pass Jasper Ridge or Samson from the shared data")
-    if abund.shape[1:] != cube.shape[1:]:
-        raise DataError(p, f"abundances {abund.shape[1:]} differ from the cube's {cube.shape[1:]} pixels",
-                        "check the file's pixel order (column-major) and image size")
+    check_label_map(abund[0], cube.shape, p)
+    if ends is not None:
+        check_abundance_alignment(cube, abund, ends, p)
     return LabelledScene(cube.astype(np.float32), abund.astype(np.float32), dominant_labels(abund, min_abundance),
                          tuple(classes), None if ends is None else np.asarray(ends, np.float32))
 

@@ -23,6 +23,8 @@ LABEL = "label"
 MASK = "mask"
 SAR = "sar"
 CLOUD_MASK = "cloud_mask"
+#: an unlabelled patch beside a labelled one (SpectralDiff trains its diffusion model on these)
+UNLABELLED = "unlabelled_image"
 
 AFFINE = "affine"
 SPACING = "spacing"

@@ -12,6 +12,7 @@ from .base import DictDataModule, ResumableDataLoader, ResumableSampler, seed_wo
 from .clinical2d import Clinical2DSegmentationDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
+from .hyperspectral import HyperspectralPatchDataModule
 from .nifti import NiftiSegmentationDataModule
 from .pet import PETDoseDataModule
 from .speckle import SpeckleDataModule
@@ -21,6 +22,7 @@ __all__ = [
     "Clinical2DSegmentationDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",
+    "HyperspectralPatchDataModule",
     "NiftiFusionDataModule",
     "NiftiSegmentationDataModule",
     "PETDoseDataModule",

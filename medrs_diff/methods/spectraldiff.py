@@ -23,6 +23,7 @@ frozen. ``predict`` on a (B, bands, H, W) tile returns
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.keys import IMAGE, LABEL
+from ..data.keys import IMAGE, LABEL, UNLABELLED
 from ..diffusion.generators import GeneratorLike
 from ..diffusion.process import DiffusionLoss, q_sample
 from ..diffusion.schedules import make_schedule
@@ -233,8 +234,9 @@ class SpectralDiff(Method):
         phase = self.phase
         if self.training:
             self.steps_done += 1
-        if phase == "diffusion":
-            return self.diffusion_loss(x, generator)
+        if phase == "diffusion":  # unlabelled patches when the batch has them (the whole scene), else the labelled
+            free = batch.get(UNLABELLED)
+            return self.diffusion_loss(self._image({self.input_key: free}) if free is not None else x, generator)
         self.net.requires_grad_(False)
         r = self.patch_size // 2
         if x.shape[-1] < self.patch_size or x.shape[-2] < self.patch_size:
@@ -269,6 +271,16 @@ class SpectralDiff(Method):
                 n_samples: int | None = None, generator: GeneratorLike = None, progress: bool = False,
                 ) -> dict[str, Tensor]:
         x = self._image(batch)
+        if not bool(self.pca_fitted):
+            if int(self.steps_done) == 0:
+                self.project(x)  # raises: an untrained model classifies nothing
+            # mid-fit validation (diffusion / PCA phase): nothing to classify yet; code 0 = not classified
+            warnings.warn(f"SpectralDiff: step {int(self.steps_done)} is still in the {self.phase} phase (the "
+                          f"classifier starts after step {self.diffusion_steps} + {self.pca_batches} PCA batches); "
+                          "the class map is all 0 (not classified)", stacklevel=2)
+            b, _, h, w = x.shape
+            return {"prediction": x.new_zeros(b, 1, h, w),
+                    "probability": x.new_full((b, self.num_classes, h, w), 1.0 / self.num_classes)}
         gen = generator if isinstance(generator, torch.Generator) else None
         logits = self.classify(self.project(self.features(x, gen)))
         prob = logits.softmax(1)
@@ -282,3 +294,8 @@ class SpectralDiff(Method):
         pred = out["prediction"]
         centre = pred[:, 0, pred.shape[-2] // 2, pred.shape[-1] // 2]
         return {"accuracy": (centre.long() == label.reshape(-1).long() + 1).float().mean()}
+
+    def panel_columns(self, batch: Mapping[str, Any], out: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], tuple]:
+        """Training panels: the band mean of the input patch and the class map."""
+        x = batch[self.input_key]
+        return {"input (band mean)": x.mean(1, keepdim=True), "prediction": out["prediction"]}, ("prediction",)

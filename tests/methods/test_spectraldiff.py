@@ -84,11 +84,15 @@ def test_fit_phases_predict_and_validation():
         m.predict({"image": batch["image"]})
     m.train()
     phases = []
-    for _ in range(4):
+    for i in range(4):
         phases.append(m.phase)
         loss, logs = m.loss(batch)
         loss.backward()
         assert torch.isfinite(loss)
+        if i == 0:  # mid-fit validation: a warned all-0 (not classified) map
+            with pytest.warns(UserWarning, match="diffusion phase"):
+                assert m.eval().predict({"image": batch["image"]})["prediction"].eq(0).all()
+            m.train()
     assert phases == ["diffusion", "diffusion", "pca", "classifier"]
     assert "ce" in logs and all(p.grad is None or not p.requires_grad for p in m.net.parameters())
     m.eval()

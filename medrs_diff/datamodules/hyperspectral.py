@@ -1,0 +1,138 @@
+"""Labelled hyperspectral patches for per-pixel classifiers (SpectralDiff): one scene, one split.
+
+Scene: ``path`` to an unmixing scene (Jasper Ridge / Samson ``.mat``, classes = the dominant endmember where
+its abundance >= ``min_abundance``, :mod:`medrs_diff.data.hsi_classes`), or ``phantom: true``: a procedural
+cube mixed from smooth synthetic endmembers (``phantom_classes`` x ``phantom_bands``, ``phantom_size`` pixels)
+or, with ``path`` also set, from that scene's endmembers. Split: ``disjoint`` (whole blocks; patches of the two
+sets never share a pixel) or ``random`` pixels, then ``train_per_class`` labelled training pixels.
+
+Training items (drawn with replacement, ``samples_per_epoch`` per epoch, seeded by (seed, epoch, index)):
+``image`` (bands, p, p) around a labelled training pixel, ``label`` (class index 0..K-1) and
+``unlabelled_image`` (bands, p, p) anywhere in the scene (``diffusion_region: scene``, the paper's unlabelled
+diffusion data) or in the training region (``train``). Validation: ``val_samples`` fixed test pixels. Cubes are
+reflectance, mapped with ``scaling`` (default ``unit``: [0, 1] onto [-1, 1], fitted on nothing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..data.hsi_classes import (
+    LabelledScene,
+    load_unmixing_scene,
+    mixed_cube,
+    random_split,
+    sample_per_class,
+    smooth_endmembers,
+)
+from ..data.hyperspectral import disjoint_split
+from ..data.keys import IMAGE, LABEL, UNLABELLED
+from ..data.scaling import resolve
+from ..data.seeding import EpochAware
+from ..errors import ArgumentError, DataError
+from .base import DictDataModule
+
+
+class _Patches(EpochAware, Dataset):
+    def __init__(self, x: np.ndarray, labels: np.ndarray, pixels: np.ndarray, free: np.ndarray, patch: int,
+                 length: int, seed: int, fixed: bool) -> None:
+        r = patch // 2
+        self.x = np.pad(x, ((0, 0), (r, r), (r, r)), mode="reflect")
+        self.labels, self.pixels, self.free = labels, pixels, free
+        self.patch, self.length, self.seed, self.fixed = patch, int(length), int(seed), fixed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _at(self, y: int, x: int) -> torch.Tensor:
+        p = self.patch
+        return torch.from_numpy(np.ascontiguousarray(self.x[:, y : y + p, x : x + p], dtype=np.float32))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = self.item_rng(i, self.fixed)
+        y, x = self.pixels[i % len(self.pixels)] if self.fixed else self.pixels[rng.integers(len(self.pixels))]
+        fy, fx = self.free[rng.integers(len(self.free))]
+        return {IMAGE: self._at(y, x), LABEL: int(self.labels[y, x]) - 1, UNLABELLED: self._at(fy, fx)}
+
+
+class HyperspectralPatchDataModule(DictDataModule):
+    """One labelled hyperspectral scene as patches (see the module notes)."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        phantom: bool = False,
+        phantom_size: int = 48,
+        phantom_bands: int = 32,
+        phantom_classes: int = 4,
+        phantom_noise: float = 0.3,
+        min_abundance: float = 0.5,
+        split: str = "disjoint",
+        test_fraction: float = 0.5,
+        block_size: int | None = None,
+        train_per_class: int | None = 30,
+        patch_size: int = 9,
+        diffusion_region: str = "scene",
+        scaling: str = "unit",
+        samples_per_epoch: int = 256,
+        val_samples: int = 64,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
+        self.save_hyperparameters()
+        if path is None and not phantom:
+            raise ArgumentError("data.path", "no scene given",
+                                "set path to a Jasper Ridge / Samson .mat or phantom: true")
+        if split not in ("disjoint", "random"):
+            raise ArgumentError("data.split", f"unknown split {split!r}", "use 'disjoint' or 'random'")
+        if diffusion_region not in ("scene", "train"):
+            raise ArgumentError("data.diffusion_region", f"unknown region {diffusion_region!r}",
+                                "use 'scene' (paper) or 'train'")
+        if patch_size < 1 or patch_size % 2 == 0:
+            raise ArgumentError("data.patch_size", f"must be odd and positive, got {patch_size}", "use e.g. 9 or 13")
+        if samples_per_epoch < 1 or val_samples < 1:
+            raise ArgumentError("data.samples_per_epoch / val_samples", "must be >= 1", "set them to 1 or more")
+        self.path, self.phantom = path, phantom
+        self.scene: LabelledScene | None = None
+
+    def load_scene(self) -> LabelledScene:
+        h = self.hparams
+        if self.phantom:
+            ends = (load_unmixing_scene(self.path, h.min_abundance).endmembers if self.path is not None
+                    else smooth_endmembers(h.phantom_classes, h.phantom_bands, h.seed))
+            return mixed_cube(ends, (h.phantom_size, h.phantom_size), seed=h.seed, noise=h.phantom_noise)
+        return load_unmixing_scene(Path(self.path), h.min_abundance)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        h = self.hparams
+        self.scene = sc = self.load_scene()
+        if h.split == "disjoint":
+            region, test = disjoint_split(sc.labels, h.patch_size, h.test_fraction, h.block_size, h.seed)
+        else:
+            region, test = random_split(sc.labels, h.test_fraction, h.seed)
+        train = sample_per_class(region, sc.labels, h.train_per_class, h.seed)
+        where = self.path if self.path is not None else "phantom"
+        for name, m in (("training", train), ("test", test)):
+            if not m.any():
+                raise DataError(where, f"the {h.split} split leaves no {name} pixel ({sc.labels.shape[0]} x "
+                                f"{sc.labels.shape[1]} px, patch {h.patch_size}, block {h.block_size})",
+                                "use a smaller block_size (default 4 x patch_size) or patch_size, or a larger scene")
+        x = resolve(h.scaling).forward(sc.cube.astype(np.float32))
+        free = np.argwhere(np.ones(sc.labels.shape, bool) if h.diffusion_region == "scene" else region)
+        common = dict(x=np.asarray(x, np.float32), labels=sc.labels, free=free, patch=h.patch_size)
+        self.train_dataset = _Patches(pixels=np.argwhere(train), length=h.samples_per_epoch, seed=h.seed, fixed=False,
+                                      **common)
+        te = np.argwhere(test)
+        te = te[np.random.default_rng(h.seed).permutation(len(te))[: h.val_samples]]
+        self.val_dataset = _Patches(pixels=te, length=len(te), seed=h.seed + 1, fixed=True, **common)
+        self.test_dataset = self.val_dataset
