@@ -9,7 +9,7 @@ sets never share a pixel) or ``random`` pixels, then ``train_per_class`` labelle
 Training items (drawn with replacement, ``samples_per_epoch`` per epoch, seeded by (seed, epoch, index)):
 ``image`` (bands, p, p) around a labelled training pixel, ``label`` (class index 0..K-1) and
 ``unlabelled_image`` (bands, p, p) anywhere in the scene (``diffusion_region: scene``, the paper's unlabelled
-diffusion data) or in the training region (``train``). Validation: ``val_samples`` fixed test pixels. Cubes are
+diffusion data) or in the training region (``train``). Validation: ``val_pixels`` fixed test pixels. Cubes are
 reflectance, mapped with ``scaling`` (default ``unit``: [0, 1] onto [-1, 1], fitted on nothing).
 """
 
@@ -80,7 +80,7 @@ class HyperspectralPatchDataModule(DictDataModule):
         diffusion_region: str = "scene",
         scaling: str = "unit",
         samples_per_epoch: int = 256,
-        val_samples: int = 64,
+        val_pixels: int = 64,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -98,8 +98,8 @@ class HyperspectralPatchDataModule(DictDataModule):
                                 "use 'scene' (paper) or 'train'")
         if patch_size < 1 or patch_size % 2 == 0:
             raise ArgumentError("data.patch_size", f"must be odd and positive, got {patch_size}", "use e.g. 9 or 13")
-        if samples_per_epoch < 1 or val_samples < 1:
-            raise ArgumentError("data.samples_per_epoch / val_samples", "must be >= 1", "set them to 1 or more")
+        if samples_per_epoch < 1 or val_pixels < 1:
+            raise ArgumentError("data.samples_per_epoch / val_pixels", "must be >= 1", "set them to 1 or more")
         self.path, self.phantom = path, phantom
         self.scene: LabelledScene | None = None
 
@@ -133,6 +133,6 @@ class HyperspectralPatchDataModule(DictDataModule):
         self.train_dataset = _Patches(pixels=np.argwhere(train), length=h.samples_per_epoch, seed=h.seed, fixed=False,
                                       **common)
         te = np.argwhere(test)
-        te = te[np.random.default_rng(h.seed).permutation(len(te))[: h.val_samples]]
+        te = te[np.random.default_rng(h.seed).permutation(len(te))[: h.val_pixels]]
         self.val_dataset = _Patches(pixels=te, length=len(te), seed=h.seed + 1, fixed=True, **common)
         self.test_dataset = self.val_dataset

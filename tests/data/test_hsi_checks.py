@@ -58,7 +58,7 @@ def test_square_scene_transpose_needs_the_reference_abundances():
 
 def test_patch_data_module_splits_and_items():
     dm = HyperspectralPatchDataModule(phantom=True, phantom_size=40, phantom_bands=8, phantom_classes=3,
-                                      block_size=12, train_per_class=5, patch_size=5, val_samples=10)
+                                      block_size=12, train_per_class=5, patch_size=5, val_pixels=10)
     dm.setup()
     tr, va = dm.train_dataset, dm.val_dataset
     assert len(tr.pixels) == 15 and len(va) == 10
