@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{scene} done in {res['wall_seconds']} s", flush=True)
     results = {p.stem[len("results_"):]: json.loads(p.read_text()) for p in sorted(args.out.glob("results_*.json"))}
     md = table(results)
+    settings = {k: v for k, v in vars(cfg).items() if k not in ("extra", "split")}
     walls = ", ".join(f"{k} {v.get('wall_seconds')} s" for k, v in results.items())
     (args.out / "table.md").write_text(
         "# SpectralDiff vs SVM vs 2-D CNN (per-pixel classes = dominant endmember >= 0.5)\n\n"
-        f"Settings: {json.dumps({k: v for k, v in vars(cfg).items() if k != 'extra'}, default=str)}\n\n"
+        f"Settings (both splits): {json.dumps(settings, default=str)}\n\n"
         f"Wall time per scene ({walls}) on a shared 2-core CPU (other jobs running), one thread, niced.\n\n{md}\n")
     print(md)
     return 0
