@@ -165,3 +165,26 @@ def test_spectraldiff_beats_svm_on_a_disjoint_split(one_thread):
     oa = {k: v["overall_accuracy"] for k, v in r["models"].items()}
     assert r["n_test"] > 200
     assert oa["spectraldiff"] > oa["svm"] + 0.05, oa
+
+
+def test_table_pipeline_fits_the_pca_on_the_training_region_only():
+    """fit_head (the table's and the learning test's path): a test pixel's features never reach the PCA."""
+    from medrs_diff.evaluation.hsi_classification import ExperimentConfig, fit_head, make_split
+
+    sc = C.mixed_cube(C.smooth_endmembers(3, 12), (36, 36), seed=3)
+    cfg = ExperimentConfig(patch_size=5, block_size=9, train_per_class=5, classifier_epochs=1, pca_components=4)
+    region, train, test = make_split(sc.labels, cfg)
+    assert region.any() and test.any() and not (region & test).any()
+    m = tiny()
+    m._classifier_init = {k: v.clone() for k, v in m.classifier.state_dict().items()}
+    feats = torch.randn(m.feature_dim, 36, 36)
+    fit_head(m, feats, sc.labels, region, train, cfg)
+    before = m.pca_basis.clone()
+    y, x = np.argwhere(test)[0]
+    feats[:, y, x] += 50.0
+    fit_head(m, feats, sc.labels, region, train, cfg)
+    assert torch.equal(before, m.pca_basis)
+    y, x = np.argwhere(region)[0]
+    feats[:, y, x] += 50.0
+    fit_head(m, feats, sc.labels, region, train, cfg)
+    assert not torch.equal(before, m.pca_basis)
