@@ -10,7 +10,8 @@ Training items (drawn with replacement, ``samples_per_epoch`` per epoch, seeded 
 ``image`` (bands, p, p) around a labelled training pixel, ``label`` (class index 0..K-1) and
 ``unlabelled_image`` (bands, p, p) anywhere in the scene (``diffusion_region: scene``, the paper's unlabelled
 diffusion data) or in the training region (``train``). Validation: ``val_pixels`` fixed test pixels. Cubes are
-reflectance, mapped with ``scaling`` (default ``unit``: [0, 1] onto [-1, 1], fitted on nothing).
+reflectance, mapped with ``scaling`` (default ``unit``: [0, 1] onto [-1, 1], fitted on nothing). ``label_values``
+([1, ..., K]) is what ``infer`` writes for the class indices 0..K-1 (without it: the indices).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class HyperspectralPatchDataModule(DictDataModule):
         scaling: str = "unit",
         samples_per_epoch: int = 256,
         val_pixels: int = 64,
+        label_values: list[int] | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -100,6 +102,9 @@ class HyperspectralPatchDataModule(DictDataModule):
             raise ArgumentError("data.patch_size", f"must be odd and positive, got {patch_size}", "use e.g. 9 or 13")
         if samples_per_epoch < 1 or val_pixels < 1:
             raise ArgumentError("data.samples_per_epoch / val_pixels", "must be >= 1", "set them to 1 or more")
+        if label_values is not None and list(label_values) != list(range(1, len(label_values) + 1)):
+            raise ArgumentError("data.label_values", f"{label_values} are not the label codes 1..K",
+                                "list the codes of the K classes, [1, 2, ..., K] (0 = unlabelled)")
         self.path, self.phantom = path, phantom
         self.scene: LabelledScene | None = None
 
@@ -121,6 +126,10 @@ class HyperspectralPatchDataModule(DictDataModule):
         else:
             region, test = random_split(sc.labels, h.test_fraction, h.seed)
         train = sample_per_class(region, sc.labels, h.train_per_class, h.seed)
+        k = int(sc.labels.max())
+        if h.label_values is not None and len(h.label_values) != k:
+            raise DataError(self.path or "phantom", f"has {k} classes but label_values lists {len(h.label_values)}",
+                            f"set data.init_args.label_values to {list(range(1, k + 1))}")
         where = self.path if self.path is not None else "phantom"
         for name, m in (("training", train), ("test", test)):
             if not m.any():

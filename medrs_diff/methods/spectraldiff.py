@@ -16,8 +16,8 @@ One ``fit`` runs the phases in turn by step count (as SRDiff does): ``diffusion_
 ``pca_batches`` batches (more until there are more rows than components) whose centre-pixel features are
 collected (the training loader's pixels only) and the PCA fitted, then the classifier with the diffusion net
 frozen. ``predict`` on a (B, bands, H, W) tile returns
-``prediction`` (the class **code** 1..K per pixel, 0 never: the label-map convention of
-:mod:`medrs_diff.data.hyperspectral`) and ``probability`` (K channels). Feature noise is drawn from
+``prediction`` (the class **index** 0..K-1 per pixel; inference writes the data module's ``label_values``, the
+label codes 1..K of :mod:`medrs_diff.data.hyperspectral`) and ``probability`` (K channels). Feature noise is drawn from
 ``generator``, else from a generator seeded with ``feature_seed`` (the same tile gives the same map).
 """
 
@@ -38,7 +38,7 @@ from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.patch_transformer import PatchCrossAttentionClassifier
 from ..nets.spectral_unet3d import SpectralUNet3D
-from .base import Method
+from .base import IOSpec, Method
 
 PAPER_TIMESTEPS = (5, 10, 50, 100, 200, 400)
 
@@ -116,6 +116,13 @@ class SpectralDiff(Method):
     @property
     def denoiser(self) -> SpectralUNet3D:
         return self.net
+
+    @property
+    def io_spec(self) -> IOSpec:
+        """The base spec, with ``prediction`` declared a label map (inference rounds it, never blends codes)."""
+        spec = super().io_spec
+        return IOSpec(spec.inputs, spec.outputs, spec.spatial_dims, spec.grid_factor, spec.task, spec.data_space,
+                      {**spec.extra, "label_outputs": ("prediction",)})
 
     @property
     def feature_dim(self) -> int:
@@ -274,26 +281,27 @@ class SpectralDiff(Method):
         if not bool(self.pca_fitted):
             if int(self.steps_done) == 0:
                 self.project(x)  # raises: an untrained model classifies nothing
-            # mid-fit validation (diffusion / PCA phase): nothing to classify yet; code 0 = not classified
+            # mid-fit validation (diffusion / PCA phase): nothing to classify yet. -1 = not classified: validation
+            # scores 0 and inference refuses it (not a class index)
             warnings.warn(f"SpectralDiff: step {int(self.steps_done)} is still in the {self.phase} phase (the "
                           f"classifier starts after step {self.diffusion_steps} + {self.pca_batches} PCA batches); "
-                          "the class map is all 0 (not classified)", stacklevel=2)
+                          "the class map is all -1 (not classified)", stacklevel=2)
             b, _, h, w = x.shape
-            return {"prediction": x.new_zeros(b, 1, h, w),
+            return {"prediction": x.new_full((b, 1, h, w), -1.0),
                     "probability": x.new_full((b, self.num_classes, h, w), 1.0 / self.num_classes)}
         gen = generator if isinstance(generator, torch.Generator) else None
         logits = self.classify(self.project(self.features(x, gen)))
         prob = logits.softmax(1)
-        return {"prediction": (prob.argmax(1, keepdim=True) + 1).float(), "probability": prob}
+        return {"prediction": prob.argmax(1, keepdim=True).float(), "probability": prob}
 
     def validation_metrics(self, batch: Mapping[str, Any], out: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Accuracy of the centre pixel of each patch (class code = index + 1)."""
+        """Accuracy of the centre pixel of each patch (class indices)."""
         label = batch.get(self.target_key)
         if not isinstance(label, Tensor):
             return {}
         pred = out["prediction"]
         centre = pred[:, 0, pred.shape[-2] // 2, pred.shape[-1] // 2]
-        return {"accuracy": (centre.long() == label.reshape(-1).long() + 1).float().mean()}
+        return {"accuracy": (centre.long() == label.reshape(-1).long()).float().mean()}
 
     def panel_columns(self, batch: Mapping[str, Any], out: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], tuple]:
         """Training panels: the band mean of the input patch and the class map."""

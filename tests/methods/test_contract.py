@@ -125,7 +125,7 @@ def test_io_specs_declare_inputs_outputs_and_grid():
     assert specs["sar_ddpm"] == IOSpec({"cond": 1}, ("prediction",), 2, 1, "image", ("prediction",),
                                        {"size_multiple": 2})
     assert specs["spectraldiff"] == IOSpec({"image": 2}, ("prediction", "probability"), 2, 1, "class", (),
-                                           {"size_multiple": 1})
+                                           {"size_multiple": 1, "label_outputs": ("prediction",)})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4

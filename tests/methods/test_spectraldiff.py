@@ -91,18 +91,18 @@ def test_fit_phases_predict_and_validation():
         assert torch.isfinite(loss)
         if i == 0:  # mid-fit validation: a warned all-0 (not classified) map
             with pytest.warns(UserWarning, match="diffusion phase"):
-                assert m.eval().predict({"image": batch["image"]})["prediction"].eq(0).all()
+                assert m.eval().predict({"image": batch["image"]})["prediction"].eq(-1).all()
             m.train()
     assert phases == ["diffusion", "diffusion", "pca", "classifier"]
     assert "ce" in logs and all(p.grad is None or not p.requires_grad for p in m.net.parameters())
     m.eval()
     out = m.predict({"image": batch["image"]})
     assert out["prediction"].shape == (6, 1, 7, 7) and out["probability"].shape == (6, 3, 7, 7)
-    assert set(out["prediction"].unique().tolist()) <= {1.0, 2.0, 3.0}
+    assert set(out["prediction"].unique().tolist()) <= {0.0, 1.0, 2.0}
     torch.testing.assert_close(out["probability"].sum(1), torch.ones(6, 7, 7))
     acc = m.validation_metrics(batch, out)["accuracy"]
     centre = out["prediction"][:, 0, 3, 3]
-    assert float(acc) == pytest.approx(float((centre == batch["label"] + 1).float().mean()))
+    assert float(acc) == pytest.approx(float((centre == batch["label"]).float().mean()))
 
 
 def test_bad_inputs():
