@@ -7,11 +7,13 @@ or, with ``path`` also set, from that scene's endmembers. Split: ``disjoint`` (w
 sets never share a pixel) or ``random`` pixels, then ``train_per_class`` labelled training pixels.
 
 Training items (drawn with replacement, ``samples_per_epoch`` per epoch, seeded by (seed, epoch, index)):
-``image`` (bands, p, p) around a labelled training pixel, ``label`` (class index 0..K-1) and
-``unlabelled_image`` (bands, p, p) anywhere in the scene (``diffusion_region: scene``, the paper's unlabelled
-diffusion data) or in the training region (``train``). Validation: ``val_pixels`` fixed test pixels. Cubes are
-reflectance, mapped with ``scaling`` (default ``unit``: [0, 1] onto [-1, 1], fitted on nothing). ``label_values``
-([1, ..., K]) is what ``infer`` writes for the class indices 0..K-1 (without it: the indices).
+``image`` (bands, p + 2 context, p + 2 context) around a labelled training pixel (the extra ``context`` pixels
+let the diffusion features of the centre p x p see their neighbourhood, as they do at inference), ``label``
+(class index 0..K-1) and ``unlabelled_image`` (bands, p, p) anywhere in the scene (``diffusion_region: scene``,
+the paper's unlabelled diffusion data) or in the training region (``train``). Validation: ``val_pixels`` fixed
+test pixels. Cubes are reflectance, mapped with ``scaling`` (default ``unit``: [0, 1] onto [-1, 1], fitted on
+nothing). ``label_values`` ([1, ..., K]) is what ``infer`` writes for the class indices 0..K-1 (without it: the
+indices).
 """
 
 from __future__ import annotations
@@ -41,24 +43,26 @@ from .base import DictDataModule
 
 class _Patches(EpochAware, Dataset):
     def __init__(self, x: np.ndarray, labels: np.ndarray, pixels: np.ndarray, free: np.ndarray, patch: int,
-                 length: int, seed: int, fixed: bool) -> None:
-        r = patch // 2
+                 length: int, seed: int, fixed: bool, context: int = 0) -> None:
+        self.r = r = patch // 2 + context
         self.x = np.pad(x, ((0, 0), (r, r), (r, r)), mode="reflect")
         self.labels, self.pixels, self.free = labels, pixels, free
-        self.patch, self.length, self.seed, self.fixed = patch, int(length), int(seed), fixed
+        self.patch, self.context, self.length, self.seed, self.fixed = patch, context, int(length), int(seed), fixed
 
     def __len__(self) -> int:
         return self.length
 
-    def _at(self, y: int, x: int) -> torch.Tensor:
-        p = self.patch
-        return torch.from_numpy(np.ascontiguousarray(self.x[:, y : y + p, x : x + p], dtype=np.float32))
+    def _at(self, y: int, x: int, margin: int = 0) -> torch.Tensor:
+        """The patch centred on (y, x), ``margin`` extra pixels each side."""
+        p, o = self.patch + 2 * margin, self.context - margin
+        return torch.from_numpy(np.ascontiguousarray(self.x[:, y + o : y + o + p, x + o : x + o + p],
+                                                     dtype=np.float32))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rng = self.item_rng(i, self.fixed)
         y, x = self.pixels[i % len(self.pixels)] if self.fixed else self.pixels[rng.integers(len(self.pixels))]
         fy, fx = self.free[rng.integers(len(self.free))]
-        return {IMAGE: self._at(y, x), LABEL: int(self.labels[y, x]) - 1, UNLABELLED: self._at(fy, fx)}
+        return {IMAGE: self._at(y, x, self.context), LABEL: int(self.labels[y, x]) - 1, UNLABELLED: self._at(fy, fx)}
 
 
 class HyperspectralPatchDataModule(DictDataModule):
@@ -78,6 +82,7 @@ class HyperspectralPatchDataModule(DictDataModule):
         block_size: int | None = None,
         train_per_class: int | None = 30,
         patch_size: int = 9,
+        context: int = 4,
         diffusion_region: str = "scene",
         scaling: str = "unit",
         samples_per_epoch: int = 256,
@@ -100,6 +105,8 @@ class HyperspectralPatchDataModule(DictDataModule):
                                 "use 'scene' (paper) or 'train'")
         if patch_size < 1 or patch_size % 2 == 0:
             raise ArgumentError("data.patch_size", f"must be odd and positive, got {patch_size}", "use e.g. 9 or 13")
+        if context < 0:
+            raise ArgumentError("data.context", f"must be >= 0, got {context}", "use e.g. 4")
         if samples_per_epoch < 1 or val_pixels < 1:
             raise ArgumentError("data.samples_per_epoch / val_pixels", "must be >= 1", "set them to 1 or more")
         if label_values is not None and list(label_values) != list(range(1, len(label_values) + 1)):
@@ -138,7 +145,7 @@ class HyperspectralPatchDataModule(DictDataModule):
                                 "use a smaller block_size (default 4 x patch_size) or patch_size, or a larger scene")
         x = resolve(h.scaling).forward(sc.cube.astype(np.float32))
         free = np.argwhere(np.ones(sc.labels.shape, bool) if h.diffusion_region == "scene" else region)
-        common = dict(x=np.asarray(x, np.float32), labels=sc.labels, free=free, patch=h.patch_size)
+        common = dict(x=np.asarray(x, np.float32), labels=sc.labels, free=free, patch=h.patch_size, context=h.context)
         self.train_dataset = _Patches(pixels=np.argwhere(train), length=h.samples_per_epoch, seed=h.seed, fixed=False,
                                       **common)
         te = np.argwhere(test)

@@ -58,15 +58,17 @@ def test_square_scene_transpose_needs_the_reference_abundances():
 
 def test_patch_data_module_splits_and_items():
     dm = HyperspectralPatchDataModule(phantom=True, phantom_size=40, phantom_bands=8, phantom_classes=3,
-                                      block_size=12, train_per_class=5, patch_size=5, val_pixels=10)
+                                      block_size=12, train_per_class=5, patch_size=5, val_pixels=10, context=2)
     dm.setup()
     tr, va = dm.train_dataset, dm.val_dataset
     assert len(tr.pixels) == 15 and len(va) == 10
     item = tr[0]
-    assert item["image"].shape == item["unlabelled_image"].shape == (8, 5, 5) and 0 <= item["label"] < 3
+    assert item["image"].shape == (8, 9, 9) and item["unlabelled_image"].shape == (8, 5, 5)  # 5 + 2 x context 2
+    assert 0 <= item["label"] < 3
     y, x = tr.pixels[0]
     centre = torch.from_numpy(2 * dm.scene.cube[:, y, x] - 1)  # unit scaling: [0, 1] -> [-1, 1]
     torch.testing.assert_close(tr._at(y, x)[:, 2, 2], centre.clamp(-1, 1))
+    torch.testing.assert_close(tr._at(y, x, 2)[:, 4, 4], centre.clamp(-1, 1))
     # disjoint: no training patch shares a pixel with a test patch
     train_px = {tuple(p) for p in tr.pixels}
     for ty, tx in va.pixels:
