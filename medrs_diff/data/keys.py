@@ -26,6 +26,8 @@ CLOUD_MASK = "cloud_mask"
 #: per-date flags of time series (B, T): S1 present on that date; the date is real (not padding)
 SAR_VALID = "sar_valid"
 DATE_VALID = "date_valid"
+#: an unlabelled patch beside a labelled one (SpectralDiff trains its diffusion model on these)
+UNLABELLED = "unlabelled_image"
 
 AFFINE = "affine"
 SPACING = "spacing"

@@ -213,6 +213,7 @@ _NAMED: dict[str, Callable[[Array], Scaling]] = {
     "zscore": zscore,
     "minmax": minmax,
     "reflectance": lambda x: reflectance(),
+    "unit": lambda x: linear(0.0, 1.0, kind="unit"),  # reflectance already in [0, 1] (hyperspectral cubes)
     "dn8": lambda x: digital_number(8),
     "dn16": lambda x: digital_number(16),
     "db": lambda x: decibel(),

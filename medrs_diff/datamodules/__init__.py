@@ -15,6 +15,7 @@ from .cloud import CloudSeriesDataModule
 from .fusion import NiftiFusionDataModule
 from .geotiff import GeoTiffSRDataModule
 from .hsi_synthesis import HyperspectralSynthesisDataModule
+from .hyperspectral import HyperspectralPatchDataModule
 from .nifti import NiftiSegmentationDataModule
 from .nowcast import NowcastDataModule
 from .pet import PETDoseDataModule
@@ -28,6 +29,7 @@ __all__ = [
     "DictDataModule",
     "GeoTiffSRDataModule",
     "HyperspectralSynthesisDataModule",
+    "HyperspectralPatchDataModule",
     "NiftiFusionDataModule",
     "NiftiSegmentationDataModule",
     "NowcastDataModule",

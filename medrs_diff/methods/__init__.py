@@ -18,6 +18,7 @@ from .retinal_dual import RetinalImageDDPM, RetinalMaskDDPM
 from .sar_ddpm import SARDDPM
 from .segdiff import SegDiff
 from .seqdm import SeqDM
+from .spectraldiff import SpectralDiff
 from .srdiff import SRDiff
 from .tcdm import TCDM
 
@@ -43,6 +44,7 @@ METHODS: dict[str, type[Method]] = {
     "nowcast_diffusion": NowcastDiffusion,
     "hyperldm": HyperLDM,
     "tcdm": TCDM,
+    "spectraldiff": SpectralDiff,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

@@ -52,9 +52,12 @@ TINY = {
                      channels=(8, 16), attention_levels=(False, False), num_head_channels=8, norm_num_groups=8,
                      timesteps=20, n_samples=2),
     "tcdm": dict(in_channels=3, scale=2, **SR),
+    "spectraldiff": dict(bands=2, num_classes=3, channels=(4, 8), spatial_kernel=3, feature_timesteps=(5, 100),
+                         feature_bins=2, pca_components=4, patch_size=5, dim=16, heads=2),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
-OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1}}
+OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1},
+                "spectraldiff": {"probability": 3}}
 #: sequence methods, (B, T, C, H, W): the output shapes of the batches below (2 members)
 SEQUENCE_OUT = {"nowcast_diffusion": {"prediction": (2, 2, 1, 16, 16), "members": (2, 2, 2, 1, 16, 16)}}
 
@@ -146,6 +149,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
     # HyperLDM: RGB in, cubes out (mean, variance, one per seed), latent at 1/4 x two UNet levels
     assert specs["hyperldm"] == IOSpec({"cond": 3}, (*sr_out, "sample_0", "sample_1"), 2, 1, "spectral", (),
                                        {"size_multiple": 8, "bands": 6})
+    assert specs["spectraldiff"] == IOSpec({"image": 2}, ("prediction", "probability"), 2, 1, "class", (),
+                                           {"size_multiple": 1, "label_outputs": ("prediction",)})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -181,9 +186,12 @@ def test_predict_returns_every_declared_output():
         "nowcast_diffusion": {"cond": torch.rand(2, 3, 1, 16, 16) * 2 - 1},
         "hyperldm": {"cond": torch.rand(2, 3, 16, 16), "endmembers": torch.rand(6, 3)},
         "tcdm": {"cond": torch.rand(2, 3, 8, 8) * 2 - 1},
+        "spectraldiff": {"image": torch.randn(2, 2, 16, 16)},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
+        if name == "spectraldiff":  # predicts once its PCA is fitted (on training features)
+            m.fit_pca(torch.randn(20, m.feature_dim))
         out = m.predict(batches[name], sampler="ddim", steps=2, n_samples=2, generator=g)
         spec = m.io_spec
         assert set(spec.outputs) <= set(out), name
