@@ -26,6 +26,7 @@ from ..io.numpy_file import read_numpy
 from ..io.types import ArrayFile, Geometry
 from . import keys as K
 from .errors import DataError, require_file
+from .hsi_checks import check_wavelengths
 from .scaling import Scaling, linear
 
 
@@ -92,6 +93,12 @@ def load_cube(path: str | os.PathLike, labels: str | os.PathLike | None = None, 
     data = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(data).any():
         raise DataError(p, "holds no finite value (all NaN)", "check the file; it holds no data")
+    dead = np.flatnonzero(~np.isfinite(data).reshape(len(data), -1).any(1))
+    if dead.size:  # NaN pixels (nodata edges) are the caller's to mask; a band without any value is an error
+        shown = ", ".join(map(str, dead[:10])) + (" ..." if dead.size > 10 else "")
+        raise DataError(p, f"{dead.size} of {len(data)} bands hold no finite value (bands {shown}, 0-based)",
+                        "drop those bands (e.g. water-absorption bands) before use")
+    check_wavelengths(f.geometry.wavelengths, len(data), p)
     lab = None
     if labels is not None:
         lab = np.asarray(load_array(labels, label_key))

@@ -87,3 +87,24 @@ def test_bad_hyperspectral_inputs(synth, tmp_path):
         H.HyperspectralPatches(cube, cube.labels > 0, 41)
     with pytest.raises(DataError, match="must be odd"):
         H.disjoint_split(cube.labels, 4)
+
+
+def test_load_cube_refuses_dead_bands_and_unsorted_wavelengths(tmp_path):
+    from rasterio.transform import from_origin
+
+    from medrs_diff import io
+
+    cube = np.random.default_rng(0).random((4, 6, 5)).astype(np.float32)
+    cube[2] = np.nan
+    np.save(tmp_path / "dead.npy", np.moveaxis(cube, 0, -1))
+    with pytest.raises(DataError, match=r"dead\.npy: 1 of 4 bands hold no finite value \(bands 2, 0-based\)"):
+        H.load_cube(tmp_path / "dead.npy")
+    cube[2] = 0.5
+    cube[:, 0, 0] = np.nan  # a nodata pixel is the caller's to mask, not an error
+    np.save(tmp_path / "ok.npy", np.moveaxis(cube, 0, -1))
+    assert H.load_cube(tmp_path / "ok.npy").data.shape == (4, 6, 5)
+    g = io.Geometry("cube", crs="EPSG:32633", transform=from_origin(300_000.0, 4_000_000.0, 30.0, 30.0),
+                    wavelengths=(450.0, 650.0, 550.0, 850.0))
+    io.write(tmp_path / "wl.hdr", np.nan_to_num(cube), g)
+    with pytest.raises(DataError, match=r"wavelengths are not strictly increasing \(band 1: 650 nm, band 2: 550 nm\)"):
+        H.load_cube(tmp_path / "wl.hdr")
