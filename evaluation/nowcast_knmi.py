@@ -187,8 +187,9 @@ def score(forecasts: dict[str, list[xr.DataArray]], truths: list[np.ndarray], le
 
 
 def _mean_ralsd(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Mean RALSD (dB) over the windows' fields with a defined spectrum (an all-dry field has none)."""
-    v = ralsd(pred, ref).numpy()
+    """Mean RALSD (dB) over the windows' fields with a defined spectrum (an all-dry field has none); pixels a
+    forecast leaves undefined (NaN: advected in from outside the domain) count as dry, as for the other scores."""
+    v = ralsd(np.nan_to_num(pred, nan=0.0), np.nan_to_num(ref, nan=0.0)).numpy()
     return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 

@@ -37,6 +37,11 @@ def test_scores_per_lead_hand_cases(mod):
     assert s["e_mean"]["csi@1"] == [1.0, 1.0]  # mean = obs + 0.5: same events
     assert s["p"]["ralsd"] == [0.0, 0.0] and s["e"]["ralsd"] == [0.0, 0.0]  # member 0 = obs: same spectrum
     assert s["h"]["ralsd"][0] == 0.0 and s["h"]["ralsd"][1] > 0.5  # half the rain gone at lead 2
+    holes = obs.copy()
+    holes[:, 7, 7] = np.nan  # extrapolation leaves pixels advected from outside undefined: counted as dry
+    s_nan = mod.score({"n": [xr.DataArray(holes, dims=perfect.dims)] * 2}, truths, [1, 2], thresholds=(1.0,),
+                      scales=(1,))
+    assert s_nan["n"]["ralsd"] == [0.0, 0.0]
     pooled = mod.score({"e": [ens, ens]}, truths, [1, 2], thresholds=(1.0,), scales=(1, 2))
     np.testing.assert_allclose(pooled["e"]["crps_avgpool2"], [0.25, 0.25])  # pooling obs + 1 keeps the offset
 
