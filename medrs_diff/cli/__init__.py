@@ -28,7 +28,7 @@ __all__ = ["LIGHTNING_COMMANDS", "build_parser", "main"]
 def _cmd_samplers(args: argparse.Namespace) -> int:
     from ..diffusion.accuracy import format_table, sampler_accuracy
 
-    print(format_table(sampler_accuracy(args.n, args.seed, masks=args.masks)))
+    print(format_table(sampler_accuracy(args.n, args.seed, masks=args.masks, bddm=args.bddm)))
     return 0
 
 
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--masks", action="store_true", help="also learn DDIM step masks (EDDPM-style), ~1 min")
+    p.add_argument("--bddm", action="store_true", help="also fit BDDM schedules (<= 5/10/20 steps)")
     p.set_defaults(func=_cmd_samplers)
     return parser
 

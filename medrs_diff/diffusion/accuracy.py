@@ -32,9 +32,34 @@ def learned_masks(den, sched, shape, seed: int, ks=(10, 20, 50), candidates: int
     return {f"masked_ddim-{k}": learn_step_mask(loss, cand, k, generator=g).schedule for k in ks}
 
 
-def sampler_accuracy(n: int = 4000, seed: int = 0, schedule: str = "linear", masks: bool = False) -> list[dict]:
+def bddm_schedules(den, sched, gm: GaussianMixture, seed: int, ks=(5, 10, 20)) -> dict:
+    """BDDM schedules (at most k steps): the schedule network fitted over the exact denoiser on its own
+    data (seed + 4), the (abar_N, beta_N) grid scored by DDPM samples' W1 to 2000 validation samples
+    (seed + 5); name -> chain. Its length is what the search found (<= k)."""
+    from .bddm import fit_schedule_net, grid_search
+
+    net = fit_schedule_net(den, sched, gm.sample, iters=400, generator=torch.Generator().manual_seed(seed + 4)).net
+    gv = torch.Generator().manual_seed(seed + 5)
+    val, x_val = gm.sample(2000, gv), torch.randn(2000, *gm.shape, generator=gv)
+
+    def score(chain) -> float:
+        out = S.ddpm(den, x_val, chain, generator=torch.Generator().manual_seed(seed + 6))
+        return float(wasserstein_1d(out, val).mean())
+
+    out = {}
+    for k in ks:
+        chain = grid_search(net, den, sched, gm.shape, score, max_steps=k, seed=seed + 7).schedule
+        out[f"bddm(<={k})-{len(chain)}"] = chain
+    return out
+
+
+def sampler_accuracy(
+    n: int = 4000, seed: int = 0, schedule: str = "linear", masks: bool = False, bddm: bool = False
+) -> list[dict]:
     """Run each engine sampler from the same x_T and compare with exact samples (``masks``: also
-    learn EDDPM-style step masks for DDIM at 10/20/50 steps, about a minute on one CPU thread)."""
+    learn EDDPM-style step masks for DDIM at 10/20/50 steps, about a minute on one CPU thread;
+    ``bddm``: also fit BDDM's schedule network and search schedules of <= 5/10/20 steps, sampled with
+    DDPM as in the paper and with DDIM, a few seconds)."""
     sched = make_schedule(schedule, 1000)
     gm = default_mixture()
     den = gm.denoiser(sched)
@@ -64,6 +89,14 @@ def sampler_accuracy(n: int = 4000, seed: int = 0, schedule: str = "linear", mas
     if masks:
         for name, chain in learned_masks(den, sched, gm.shape, seed).items():
             runs[name] = lambda chain=chain: S.ddim(den, x_T, chain, steps=None)
+    if bddm:
+        chains = bddm_schedules(den, sched, gm, seed)
+        for chain in chains.values():  # baseline: DDPM on linearly spaced steps, same count
+            runs[f"ddpm-{len(chain)}"] = lambda k=len(chain): S.ddpm(den, x_T, sched, steps=k, generator=gen())
+        for name, chain in chains.items():
+            runs[name] = lambda chain=chain: S.ddpm(den, x_T, chain, steps=None, generator=gen())
+        for name, chain in chains.items():
+            runs[name.replace("bddm", "bddm_ddim")] = lambda chain=chain: S.ddim(den, x_T, chain, steps=None)
     rows = [{"sampler": "exact (floor)", "w1": float(wasserstein_1d(ref2, ref).mean()), "nfe": 0}]
     for name, fn in runs.items():
         t0 = time.perf_counter()
