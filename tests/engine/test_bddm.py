@@ -90,3 +90,15 @@ def test_bddm_schedule_beats_linear_spacing(setup):
 
     learned, linear = w1(res.schedule), w1(sched.respace(5))
     assert learned < 0.8 * linear, (learned, linear)  # measured 0.11 vs 0.18
+
+
+def test_samplers_cli_adds_bddm_rows(capsys):
+    from medrs_diff.cli import main
+
+    assert main(["samplers", "--n", "300", "--bddm"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert "| bddm(<=5)-5 |" in out and "| bddm_ddim(<=5)-5 |" in out and "| ddpm-5 |" in out
+    assert "ddim-50" in rows  # the existing rows stay
+    nfe = [int(r.split("|")[5]) for name, r in rows.items() if name.startswith("bddm(")]
+    assert len(nfe) == 3 and all(1 <= k <= 20 for k in nfe)
