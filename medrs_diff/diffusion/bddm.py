@@ -8,9 +8,12 @@ It is trained with BDDM's step-wise loss (the per-step term of its tighter bound
     L_step = ||sqrt(delta) eps - (beta_hat / sqrt(delta)) eps_theta(x_n, n)||^2 / (2 (delta - beta_hat))
              + 1/4 log(delta / beta_hat) + D/2 (beta_hat / delta - 1)
 
-(D: elements per sample). As in the official configuration, ``beta_{n+1}`` during training is the
-beta of a jump of ``tau`` training steps, ``1 - abar_{n+tau} / abar_n``, so the network sees large
-betas too. Schedule search (the paper's noise scheduling): from x_N ~ N(0, I) at given
+(D: elements per sample). During training ``beta_{n+1}`` is the beta of a jump of j training steps,
+``1 - abar_{n+j} / abar_n``, so the network sees large betas too: the official configuration fixes
+j = tau (``random_tau=False``); by default j is drawn in 1..tau per sample, which on the engine's
+Gaussian mixture gave better 10-step schedules (W1 0.093 vs 0.116) because the search then meets
+(noise level, beta_{n+1}) pairs the network was trained on.
+Schedule search (the paper's noise scheduling): from x_N ~ N(0, I) at given
 (abar_N, beta_hat_N), step ``abar_{n-1} = abar_n / (1 - beta_hat_n)``, draw ``x_{n-1} ~ p_theta``,
 and ask the network for ``beta_hat_{n-1} = min(1 - abar_{n-1}, beta_hat_n) sigma_phi(x_{n-1})``; stop when
 beta_hat falls below the training chain's first beta (or at ``max_steps``). A grid over
