@@ -24,9 +24,9 @@ The result is an ordinary respaced :class:`Schedule` holding the searched noise 
 paper's sampler) or DDIM; as everywhere in the engine its last step lands on the x0 estimate (BDDM's
 own last beta_hat_1 is not used). The network is conditioned on integer training timesteps,
 so each learned noise level is given the training timestep of nearest log-SNR (BDDM's score nets take
-the continuous noise level instead; with T = 1000 the difference is small). Departures from the paper,
-each a switch: sigma_phi reads summary statistics of x_n (the paper's is a small conv net on audio);
-the search runs a batch of ``search_batch`` chains and uses the batch mean of sigma_phi (the paper: one chain).
+the continuous noise level instead; with T = 1000 the difference is small). Other departures:
+sigma_phi reads summary statistics of x_n (the paper's is a small conv net on audio); the search runs
+``search_batch`` chains and uses the batch mean of sigma_phi (``search_batch=1``: the paper's one chain).
 """
 
 from __future__ import annotations
