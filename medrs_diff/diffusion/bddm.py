@@ -128,6 +128,9 @@ def fit_schedule_net(
         x_n = a.sqrt() * x0 + (1 - a).sqrt() * eps
         with torch.no_grad():
             eps_hat = denoise(x_n, n)
+        if eps_hat.shape != x_n.shape:
+            raise ValueError(f"denoise returned shape {tuple(eps_hat.shape)} for x_t of {tuple(x_n.shape)}; BDDM "
+                             "needs an eps-predictor (split off any learned-variance channels first)")
         loss = step_loss(eps, eps_hat, abar, beta_hat(net, x_n, abar, beta_next)).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError("BDDM step loss is not finite; check the frozen model's outputs")

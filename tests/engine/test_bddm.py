@@ -53,6 +53,10 @@ def test_schedule_net_learns_and_is_reproducible(setup):
     x = torch.randn(5, *gm.shape, generator=torch.Generator().manual_seed(1))
     b = torch.full((5,), 0.1, dtype=torch.float64)
     assert torch.equal(fit.net(x, b), again.net(x, b))
+    with pytest.raises(ValueError, match="eps-predictor"):
+        fit_schedule_net(lambda x, t: torch.cat([x, x], 1), sched, gm.sample, iters=1)
+    with pytest.raises(ValueError, match="tau must lie"):
+        fit_schedule_net(den, sched, gm.sample, tau=1000)
 
 
 def test_searched_schedule_is_valid_and_reproducible(setup):
