@@ -4,7 +4,9 @@ Works with any ``encoder(x0) -> z_sem`` (B, D) and ``denoiser(x_t, t, z_sem) -> 
 :mod:`medrs_diff.nets.diffae`). The code of an image is the pair (z_sem, x_T): ``z_sem`` from the encoder,
 ``x_T`` by deterministic DDIM inversion of x0 under the z_sem-conditioned denoiser (the engine's
 :func:`ddim_invert`, "stochastic encoding" in the paper). Decoding is DDIM with eta = 0 on the same steps, so
-(z_sem, x_T) reconstructs x0 up to the inversion's fixed-point error, whatever the network's quality.
+(z_sem, x_T) reconstructs x0 up to the inversion's fixed-point error: training is not needed for that, but each
+step's fixed-point solve converges only while (step's eps coefficient) x Lipschitz(eps) < 1, so rough nets (e.g.
+some random initialisations) need more steps / ``fixed_point_iters``, and may fail with few steps.
 Edits move z_sem along a linear direction learned from labels and decode with the same x_T.
 """
 

@@ -63,9 +63,10 @@ def trained():
     return schedule, enc.eval(), net.eval(), first, last
 
 
-def test_round_trip_is_near_exact_for_any_fixed_net():
-    """Exactness comes from solving each inversion step by fixed-point iteration, not from training: an
-    untrained net needs more iterations (its eps is rougher) but reconstructs just as well once they converge."""
+def test_round_trip_is_near_exact_for_an_untrained_net():
+    """Exactness comes from solving each inversion step by fixed-point iteration, not from training: this
+    untrained net needs more iterations (its eps is rougher) but reconstructs just as well once they converge
+    (which needs small enough steps: the contraction condition, see medrs_diff.diffusion.diffae)."""
     torch.manual_seed(0)
     schedule = make_schedule("linear", 1000)
     enc, net = SemanticEncoder(1, z_dim=8, base=8), DiffAEDenoiser(1, z_dim=8, base=16, t_dim=32)
@@ -125,3 +126,23 @@ def test_bad_inputs_stop_with_one_line():
         class_mean_direction(torch.randn(4, 4), torch.zeros(4))
     with pytest.raises(ValueError, match="even H and W"):
         net(torch.zeros(1, 1, 7, 8), torch.zeros(1, dtype=torch.long), torch.zeros(1, 4))
+
+
+def test_registered_method_predict_reconstructs_and_refuses_other_samplers(trained):
+    from medrs_diff.errors import ArgumentError
+    from medrs_diff.methods import METHODS
+
+    _, enc, net, _, _ = trained
+    m = METHODS["diffae"](z_dim=8, encoder_base=8, encoder_levels=3, base=16, t_dim=32).eval()
+    m.encoder.load_state_dict(enc.state_dict())
+    m.net.load_state_dict(net.state_dict())
+    x, _, _ = phantoms(2, seed=3)
+    loss, _ = m.loss({"image": x}, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    out = m.predict({"image": x}, steps=50)
+    assert rmse(out["prediction"], x) < 1e-2
+    assert out["stochastic_code"].shape == x.shape and rmse(out["stochastic_code"], x) > 0.5
+    with pytest.raises(ArgumentError, match="sampler: DiffAE reconstructs with DDIM only"):
+        m.predict({"image": x}, sampler="ddpm")
+    with pytest.raises(ArgumentError, match="sampler: DiffAE encodes by DDIM inversion"):
+        METHODS["diffae"](sampler="dpm_solver_pp")
