@@ -8,6 +8,7 @@ from .bcdpm import BCDPM
 from .blindsrsnf import BlindSRSNF
 from .cloud_baselines import CloudRegressionUNet
 from .ddfm import DDFM
+from .diffae import DiffAE
 from .eiddpm import EIDDPM
 from .hyperldm import HyperLDM
 from .medsegdiff import MedSegDiffV1
@@ -45,6 +46,7 @@ METHODS: dict[str, type[Method]] = {
     "hyperldm": HyperLDM,
     "tcdm": TCDM,
     "spectraldiff": SpectralDiff,
+    "diffae": DiffAE,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

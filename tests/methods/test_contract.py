@@ -54,6 +54,7 @@ TINY = {
     "tcdm": dict(in_channels=3, scale=2, **SR),
     "spectraldiff": dict(bands=2, num_classes=3, channels=(4, 8), spatial_kernel=3, feature_timesteps=(5, 100),
                          feature_bins=2, pca_components=4, patch_size=5, dim=16, heads=2),
+    "diffae": dict(in_channels=2, z_dim=4, encoder_base=4, encoder_levels=2, base=8, t_dim=16, timesteps=50),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1},
@@ -151,6 +152,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                        {"size_multiple": 8, "bands": 6})
     assert specs["spectraldiff"] == IOSpec({"image": 2}, ("prediction", "probability"), 2, 1, "class", (),
                                            {"size_multiple": 1, "label_outputs": ("prediction",)})
+    assert specs["diffae"] == IOSpec({"image": 2}, ("prediction", "stochastic_code"), 2, 1, "image",
+                                     ("prediction",), {"size_multiple": 2})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -187,6 +190,7 @@ def test_predict_returns_every_declared_output():
         "hyperldm": {"cond": torch.rand(2, 3, 16, 16), "endmembers": torch.rand(6, 3)},
         "tcdm": {"cond": torch.rand(2, 3, 8, 8) * 2 - 1},
         "spectraldiff": {"image": torch.randn(2, 2, 16, 16)},
+        "diffae": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
