@@ -134,3 +134,18 @@ def test_segdiff_with_wavelet_downsampling_runs_loss_and_predict(dims):
     assert m.unet.unet.down_blocks[0].downsampler.proj.weight.grad is not None
     out = m.predict(batch, sampler="ddim", steps=3, n_samples=3, generator=torch.Generator().manual_seed(0))
     assert out["prediction"].shape == shape and set(out["prediction"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_srdiff_with_wavelet_downsampling_runs_loss_and_predict():
+    from medrs_diff.methods import SRDiff
+
+    torch.manual_seed(0)
+    m = SRDiff(in_channels=3, scale=4, pretrain_steps=0, downsample="wavelet", rrdb_blocks=2, rrdb_features=16,
+               rrdb_growth=8, **{k: v for k, v in TINY.items() if k != "num_head_channels"})
+    assert isinstance(m.unet.unet.up_blocks[0].upsampler, WaveletUpsample)
+    hr = torch.rand(2, 3, 16, 16) * 2 - 1
+    loss, logs = m.loss({"cond": F.avg_pool2d(hr, 4), "image": hr})
+    assert "loss_simple" in logs and torch.isfinite(loss)
+    out = m.eval().predict({"cond": F.avg_pool2d(hr, 4)}, sampler="ddim", steps=2,
+                           generator=torch.Generator().manual_seed(0))
+    assert out["prediction"].shape == hr.shape and torch.isfinite(out["prediction"]).all()
