@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..nets.rrdb import RRDBEncoder
-from ..nets.unet import ConditionedUNet
+from ..nets.unet import ConditionedUNet, check_downsample
 from ._sampling import sample_with_features
 from ._segmentation import FUSIONS
 from ._segmenter import DiffusionSegmenter
@@ -50,15 +50,17 @@ class SegDiff(DiffusionSegmenter):
         fusion: str = "mean",
         sampler: str = "ddpm",
         sampling_steps: int | None = None,
+        downsample: str = "conv",
     ) -> None:
         super().__init__()
+        check_downsample(downsample)
         self.setup_segmenter(in_channels=in_channels, spatial_dims=spatial_dims, num_classes=num_classes,
                              timesteps=timesteps, schedule=schedule, n_samples=n_samples, fusion=fusion,
                              sampler=sampler, sampling_steps=sampling_steps)
         self.unet = ConditionedUNet(
             spatial_dims, self.out_channels, self.out_channels, channels, attention_levels, num_res_blocks,
             num_head_channels, norm_num_groups,
-            cond_at="conv_in",
+            cond_at="conv_in", downsample=downsample,
         )
         self.encoder = RRDBEncoder(spatial_dims, in_channels, channels[0], rrdb_features, rrdb_growth, rrdb_blocks)
 

@@ -26,7 +26,7 @@ from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.conv import conv_transpose
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
-from ..nets.unet import ConditionedUNet
+from ..nets.unet import ConditionedUNet, check_downsample
 from ._sampling import sample_with_features
 from .base import DiffusionMethod, check_sampler, sr_batch
 
@@ -59,8 +59,10 @@ class SRDiff(DiffusionMethod):
         n_samples: int = 1,
         sampler: str = "ddpm",
         sampling_steps: int | None = None,
+        downsample: str = "conv",
     ) -> None:
         super().__init__()
+        check_downsample(downsample)
         check_sampler(sampler)
         if scale < 1:
             raise ArgumentError("scale", f"must be >= 1, got {scale}", "use the super-resolution factor, e.g. 4")
@@ -75,7 +77,7 @@ class SRDiff(DiffusionMethod):
         self.cond_proj = conv_transpose(spatial_dims, rrdb_features * n_taps, channels[0], scale)
         self.unet = ConditionedUNet(
             spatial_dims, in_channels, in_channels, channels, attention_levels, num_res_blocks, num_head_channels,
-            norm_num_groups, cond_at="first_block",
+            norm_num_groups, cond_at="first_block", downsample=downsample,
         )
         self.schedule = make_schedule(schedule, timesteps)
         self.objective = DiffusionLoss(self.schedule, prediction_type="eps", loss_type="l1")

@@ -5,6 +5,10 @@ SegDiff adds an image encoding to the noisy-mask features right after the first 
 SRDiff adds its LR-encoder features after the UNet's first residual block. MONAI's ControlNet
 residuals reach only the skip connections, so :class:`ConditionedUNet` wraps the chosen inner
 module and adds the features to its output (``cond_at='conv_in'`` or ``'first_block'``).
+
+``downsample='wavelet'`` swaps MONAI's stride-2 conv downsamplers and nearest+conv upsamplers for
+Haar DWT + conv / conv + IDWT (:mod:`.wavelet`, the "slim" frequency-domain UNet); time embedding,
+attention and conditioning are unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from typing import Literal
 
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
+
+from ..errors import ArgumentError
+from .wavelet import WaveletDownsample, WaveletUpsample
+
+DOWNSAMPLES = ("conv", "wavelet")
 
 
 class _Slot:
@@ -56,6 +65,8 @@ class ConditionedUNet(nn.Module):
         norm_num_groups: int = 32,
         cond_channels: int = 0,
         cond_at: Literal["conv_in", "first_block"] = "conv_in",
+        downsample: Literal["conv", "wavelet"] = "conv",
+        wavelet_kernel: int = 1,
     ) -> None:
         super().__init__()
         #: spatial sizes must be multiples of this (one stride-2 downsampling between levels)
@@ -71,6 +82,10 @@ class ConditionedUNet(nn.Module):
             norm_num_groups=norm_num_groups,
             use_flash_attention=True,  # F.scaled_dot_product_attention: fused kernels, far less memory
         )
+        check_downsample(downsample)
+        if downsample == "wavelet":
+            _use_wavelets(self.unet, spatial_dims, wavelet_kernel)
+        self.downsample = downsample
         self._slot = _Slot()
         if cond_at == "conv_in":
             self.unet.conv_in = _AddFromSlot(self.unet.conv_in, self._slot)
@@ -92,6 +107,27 @@ class ConditionedUNet(nn.Module):
             return self.unet(x, t)
         finally:
             self._slot.value = None
+
+
+def check_downsample(downsample: str) -> None:
+    """Recipe-facing check of the ``downsample`` key (one line naming the fix)."""
+    if downsample not in DOWNSAMPLES:
+        raise ArgumentError("downsample", f"must be one of {DOWNSAMPLES}, got {downsample!r}",
+                            "use 'conv' (MONAI strided conv / interpolation) or 'wavelet' (Haar DWT / IDWT)")
+
+
+def _use_wavelets(unet: DiffusionModelUNet, spatial_dims: int, kernel: int) -> None:
+    """Replace every down/up-sampler of ``unet`` (channel-preserving in MONAI) by its wavelet twin."""
+    if kernel not in (1, 3):
+        raise ValueError(f"wavelet_kernel must be 1 or 3, got {kernel}")
+    for block in unet.down_blocks:
+        if block.downsampler is not None:
+            ch = block.downsampler.num_channels
+            block.downsampler = WaveletDownsample(spatial_dims, ch, ch, kernel)
+    for block in unet.up_blocks:
+        if block.upsampler is not None:
+            ch = block.resnets[-1].out_channels
+            block.upsampler = WaveletUpsample(spatial_dims, ch, ch, kernel)
 
 
 def _cat(a: Tensor, b: Tensor) -> Tensor:
