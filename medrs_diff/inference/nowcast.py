@@ -57,7 +57,8 @@ def read_past(source: PathLike, importer: str = "knmi_hdf5") -> xr.DataArray:
 
 
 def _grid(da: xr.DataArray, data: Mapping[str, Any]) -> xr.DataArray:
-    box, factor = data.get("box"), int(data.get("factor") or 1)
+    box, factor = data.get("box"), data.get("factor")
+    factor = 1 if factor is None else int(factor)
     if box is not None:
         y0, y1, x0, x1 = (int(v) for v in box)
         if y1 > da.sizes["y"] or x1 > da.sizes["x"]:

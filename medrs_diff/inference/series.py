@@ -155,7 +155,8 @@ def infer_series_checkpoint(predictor: Any, source: PathLike, output: PathLike, 
     """``medrs-diff infer`` for a time-series checkpoint: :func:`infer_series_files` with the checkpoint's bands,
     the predictor's device and, without ``tile``, its window (the training patch, at least 256)."""
     bands = checkpoint_bands(predictor.checkpoint) if predictor.checkpoint is not None else list(S2_L1C_BANDS)
-    size = list(tile) if tile is not None else [max(256, int(predictor.patch_size or 0))]
+    trained = predictor.patch_size
+    size = list(tile) if tile is not None else [max(256, int(trained) if trained is not None else 0)]
     if len(size) not in (1, 2):
         raise ArgumentError("--tile", f"give one or two window sizes for 2-D scenes, got {size}", "e.g. --tile 256")
     return infer_series_files(predictor.method, source, output, bands=bands, device=predictor.device,
