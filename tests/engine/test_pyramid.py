@@ -144,3 +144,46 @@ def test_seeded_reproducibility():
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert isinstance(CoordDenoiser(net, 1.0)(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long)),
                       torch.Tensor)
+
+
+class PixelMLP(torch.nn.Module):
+    """A per-pixel (1x1 conv) net: it can place the ramp only through the coordinate channels."""
+
+    def __init__(self, use_coords: bool) -> None:
+        super().__init__()
+        self.use_coords = use_coords
+        self.f = torch.nn.Sequential(torch.nn.Conv2d(5, 64, 1), torch.nn.SiLU(), torch.nn.Conv2d(64, 64, 1),
+                                     torch.nn.SiLU(), torch.nn.Conv2d(64, 1, 1))
+
+    def forward(self, xc: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x, c = xc[:, :1], xc[:, 1:]
+        c = c if self.use_coords else torch.zeros_like(c)
+        tt = (t.float() / 1000).reshape(-1, 1, 1, 1).expand_as(x)
+        return self.f(torch.cat([x, c, tt], 1))
+
+
+def test_learns_ramp_across_scales_and_needs_coordinates():
+    """Train one net on a horizontal ramp at scales 1/4, 1/2, 1 (area-downsampled ramps are the ramp
+    at the coarse pixel centres); coarse-to-fine DDIM then draws the ramp. Ablation: zeroed coordinates
+    (the paper's finding that the positional encoding is essential) cannot."""
+    sched = make_schedule("cosine", 1000)
+    ramp = 0.8 * coord_channels((16, 16), 1.0)[:, 1:2]
+    rmse = {}
+    for use in (True, False):
+        torch.manual_seed(0)
+        net = PixelMLP(use)
+        opt = torch.optim.Adam(net.parameters(), 3e-3)
+        loss_fn = PyramidLoss(DiffusionLoss(sched, prediction_type="v"), scales=SCALES)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(400):
+            loss, _ = loss_fn(net, ramp.expand(16, 1, 16, 16), generator=g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out = pyramid_sample(ddim, net, (8, 1, 16, 16), sched, scales=SCALES, t_starts=(500, 500),
+                                 generator=torch.Generator().manual_seed(1), steps=50, prediction_type="v")
+        assert out.shape == (8, 1, 16, 16) and torch.isfinite(out).all()
+        rmse[use] = float(((out - ramp) ** 2).mean().sqrt())
+    assert rmse[True] < 0.15, rmse  # measured 0.08 (ramp std 0.46)
+    assert rmse[False] > 0.3, rmse  # measured 0.61
