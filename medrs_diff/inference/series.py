@@ -127,14 +127,16 @@ def infer_series_files(method: Method, source: PathLike, output: PathLike, *, ba
     series = read_series(s2, sar_paths=s1, mask_paths=masks, bands=bands, quantification=quantification)
     if s1 is not None and len(S1_POLS) != int(method.io_spec.inputs.get(K.SAR, 0)):
         raise DataError(s1[0], "S1 given to a model trained without S1", "drop the s1 files")
-    outs = predict_series(method, series, **kwargs)
     out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(s2[0]).stem
     paths = {"prediction": out_dir / f"{stem}_clear.tif", "uncertainty": out_dir / f"{stem}_uncertainty.tif"}
-    for key, path in paths.items():
-        if path.resolve() in {Path(p).resolve() for p in s2}:
+    inputs = {Path(p).resolve() for p in [*s2, *(s1 or []), *(masks or [])]}
+    for path in paths.values():  # before any compute
+        if path.resolve() in inputs:
             raise DataError(path, "would overwrite an input", "choose another output folder")
+    outs = predict_series(method, series, **kwargs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for key, path in paths.items():
         write_geotiff((outs[key] * quantification).astype(np.float32), path, crs=series.crs,
                       transform=series.transform, band_names=list(bands), scaling=refl_scaling(),
                       tags={"medrs_diff_units": f"reflectance x {quantification:g}", "medrs_diff_output": key},
