@@ -80,6 +80,8 @@ class LatentDDPM(DiffusionMethod):
     target_key = IMAGE
     outputs = ("prediction",)
     data_space = ("prediction",)
+    #: recorded from the autoencoder file at construction, so checkpoints rebuild without it
+    resolved_args = ("autoencoder_config",)
 
     def __init__(
         self,
