@@ -2,6 +2,7 @@
 discriminative baselines; all share the contract in :mod:`.base`."""
 
 from .anoddpm import AnoDDPM
+from .autoencoder_kl import AutoencoderKLMethod
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
 from .bcdpm import BCDPM
@@ -11,6 +12,7 @@ from .ddfm import DDFM
 from .diffae import DiffAE
 from .eiddpm import EIDDPM
 from .hyperldm import HyperLDM
+from .latent_ddpm import LatentDDPM
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .nowcast_diffusion import NowcastDiffusion
@@ -47,6 +49,8 @@ METHODS: dict[str, type[Method]] = {
     "tcdm": TCDM,
     "spectraldiff": SpectralDiff,
     "diffae": DiffAE,
+    "autoencoder_kl": AutoencoderKLMethod,
+    "latent_ddpm": LatentDDPM,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

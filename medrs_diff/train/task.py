@@ -96,6 +96,8 @@ def _method_record(method: Method, given: Mapping[str, Any] | None) -> dict[str,
         except MedrsError:  # a class the registry does not know: the instance names its own class
             cfg = None
         if cfg is not None and cfg["class_path"] == class_path_of(method):
+            recorded = method.hparams()  # arguments the method resolved itself (e.g. from a file it read)
+            cfg["init_args"].update({k: recorded[k] for k in getattr(method, "resolved_args", ()) if k in recorded})
             return cfg
     return method_config(method)
 

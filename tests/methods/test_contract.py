@@ -55,6 +55,12 @@ TINY = {
     "spectraldiff": dict(bands=2, num_classes=3, channels=(4, 8), spatial_kernel=3, feature_timesteps=(5, 100),
                          feature_bins=2, pca_components=4, patch_size=5, dim=16, heads=2),
     "diffae": dict(in_channels=2, z_dim=4, encoder_base=4, encoder_levels=2, base=8, t_dim=16, timesteps=50),
+    "autoencoder_kl": dict(in_channels=2, channels=(8, 8), attention_levels=(False, False), latent_channels=2,
+                           norm_num_groups=4),
+    "latent_ddpm": dict(autoencoder_config=dict(in_channels=2, channels=(8, 8), attention_levels=(False, False),
+                                                latent_channels=2, norm_num_groups=4),
+                        scale_factor=0.5, channels=(8, 16), attention_levels=(False, False), num_head_channels=8,
+                        norm_num_groups=4, timesteps=50),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1},
@@ -154,6 +160,11 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                            {"size_multiple": 1, "label_outputs": ("prediction",)})
     assert specs["diffae"] == IOSpec({"image": 2}, ("prediction", "stochastic_code"), 2, 1, "image",
                                      ("prediction",), {"size_multiple": 2})
+    assert specs["autoencoder_kl"] == IOSpec({"image": 2}, ("prediction",), 2, 1, "image", ("prediction",),
+                                             {"size_multiple": 2})
+    # the latent grid is 1/2 of the image and the UNet halves it once more
+    assert specs["latent_ddpm"] == IOSpec({"image": 2}, ("prediction",), 2, 1, "image", ("prediction",),
+                                          {"size_multiple": 4})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -191,6 +202,8 @@ def test_predict_returns_every_declared_output():
         "tcdm": {"cond": torch.rand(2, 3, 8, 8) * 2 - 1},
         "spectraldiff": {"image": torch.randn(2, 2, 16, 16)},
         "diffae": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
+        "autoencoder_kl": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
+        "latent_ddpm": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()
