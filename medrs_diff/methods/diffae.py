@@ -80,14 +80,19 @@ class DiffAE(DiffusionMethod):
 
     def encode(self, x0: Tensor, steps: int | None = None) -> tuple[Tensor, Tensor]:
         """x0 -> (z_sem, x_T)."""
-        return diffae_encode(self.encoder, self.net, x0, self.schedule, steps=steps or self._steps(),
+        return diffae_encode(self.encoder, self.net, x0, self.schedule, steps=self._steps(steps),
                              fixed_point_iters=self.fixed_point_iters)
 
     def decode(self, z_sem: Tensor, x_T: Tensor, steps: int | None = None) -> Tensor:
         """(z_sem, x_T) -> x0 by DDIM, eta = 0."""
-        return diffae_decode(self.net, z_sem, x_T, self.schedule, steps=steps or self._steps())
+        return diffae_decode(self.net, z_sem, x_T, self.schedule, steps=self._steps(steps))
 
-    def _steps(self) -> int:
+    def _steps(self, steps: int | None = None) -> int:
+        """``steps`` as given (>= 1), else the recipe's ``sampling_steps``, else every training step."""
+        if steps is not None:
+            if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+                raise ArgumentError("steps", f"must be an integer >= 1, got {steps!r}", "give e.g. 50 DDIM steps")
+            return int(steps)
         return len(self.schedule) if self.sampling_steps is None else int(self.sampling_steps)
 
     @torch.no_grad()
@@ -104,8 +109,6 @@ class DiffAE(DiffusionMethod):
         """Reconstruction by encode -> decode (deterministic: ``n_samples`` and ``generator`` do not apply)."""
         if sampler is not None and sampler != "ddim":
             raise ArgumentError("sampler", f"DiffAE reconstructs with DDIM only, got {sampler!r}", "use --sampler ddim")
-        if steps is not None and steps < 1:
-            raise ArgumentError("steps", f"must be >= 1, got {steps}", "pass a positive number of DDIM steps")
         x = self._image(batch)
         z, x_T = self.encode(x, steps)
         return {"prediction": self.decode(z, x_T, steps), "stochastic_code": x_T}

@@ -146,3 +146,8 @@ def test_registered_method_predict_reconstructs_and_refuses_other_samplers(train
         m.predict({"image": x}, sampler="ddpm")
     with pytest.raises(ArgumentError, match="sampler: DiffAE encodes by DDIM inversion"):
         METHODS["diffae"](sampler="dpm_solver_pp")
+    for bad in (0, -3, 2.5):  # a zero step count is refused, never replaced by the default
+        with pytest.raises(ArgumentError, match=r"^steps: must be an integer >= 1"):
+            m.encode(x, steps=bad)
+        with pytest.raises(ArgumentError, match=r"^steps: must be an integer >= 1"):
+            m.predict({"image": x}, steps=bad)
