@@ -29,6 +29,7 @@ from medrs_diff.diffusion.guidance.ddfm import (
     fourier_tv_prox,
     laplace_e_step,
     m_step,
+    official_m_step,
     update_rate,
 )
 from medrs_diff.diffusion.samplers import ddim
@@ -193,3 +194,33 @@ def test_bare_objective_em_returns_source_a_at_published_rho():
     a, b, x0 = (torch.rand(1, 1, 8, 8, generator=g) * 2 - 1 for _ in range(3))
     out = em_one_step(x0, a, b, EMState(1, 4, torch.device("cpu"), torch.float32), official_code=False)
     assert (out - a).abs().max() < 0.02
+
+
+def test_official_m_step_two_steps_by_hand():
+    """The code's M-step by hand over two reverse steps on a 4x5 image: h = dense solve of the TV prox of the
+    residual y - x_prior with the previous step's targets rho/(2 lam + rho) (h[i] - h[i+1], last h[n-1]);
+    x = (2 c y + rho (y - h)) / (2 c + 2 d + rho)."""
+    g = gen(8)
+    shape = (4, 5)
+    n = math.prod(shape)
+    lam, rho = 0.5, 0.3
+    mats = [dense(lambda x, ax=ax: diff(x.unsqueeze(1), ax + 2).squeeze(1), n, shape) for ax in range(2)]
+    a = torch.eye(n, dtype=torch.float64) + sum(m.T @ m for m in mats)
+
+    def code_diff(h: torch.Tensor, ax: int) -> torch.Tensor:  # h[i] - h[i + 1]; h[n - 1] at the end, by loops
+        out = h.clone()
+        for i in range(h.shape[ax] - 1):
+            out.select(ax, i).copy_(h.select(ax, i) - h.select(ax, i + 1))
+        return out
+
+    state = EMState(1, 4, torch.device("cpu"), torch.float64)
+    targets = [torch.zeros(shape, dtype=torch.float64) for _ in range(2)]
+    for _ in range(2):
+        xp, y = (torch.randn(1, 1, *shape, generator=g, dtype=torch.float64) for _ in range(2))
+        c, d = (torch.rand(1, 1, *shape, generator=g, dtype=torch.float64) + 0.5 for _ in range(2))
+        rhs = (y - xp).reshape(-1) + sum(m.T @ t.reshape(-1) for m, t in zip(mats, targets, strict=True))
+        h = torch.linalg.solve(a, rhs).reshape(shape)
+        ref = (2 * c[0, 0] * y[0, 0] + rho * (y[0, 0] - h)) / (2 * c[0, 0] + 2 * d[0, 0] + rho)
+        out = official_m_step(xp, y, c, d, lam, rho, state)
+        torch.testing.assert_close(out[0, 0], ref, atol=1e-10, rtol=1e-10)
+        targets = [rho / (2 * lam + rho) * code_diff(h, ax) for ax in range(2)]

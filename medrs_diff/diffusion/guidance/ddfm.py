@@ -29,10 +29,14 @@ D_d are periodic forward differences (K_d their transfer functions), so the TV p
 exact division in the Fourier domain (:func:`fourier_tv_prox`). ``d`` is 0 in the bare objective.
 Hyperparameters as published: lambda = 0.5, rho = 0.01, DDIM with 100 steps, eta = 0.
 
-Two EM variants (``official_code``). ``True`` (the default): the published code's model, where the
-gradient weights are not EM-estimated (e_d = 1: a fixed quadratic gradient penalty) and a second Laplace
-term pulls f toward b in intensity (d = E[1/n] of x = f - b itself, clipped to d <= 2 c), so each pixel's
-refined x0 is a residual-weighted blend of a and b and the prior's estimate decides the blend.
+Two EM variants (``official_code``). ``True`` (the default): the published code's model (``EM_onestep``,
+read, not copied), where the gradient weights are not EM-estimated and a second Laplace term pulls f toward b
+in intensity (d = E[1/n] of x = f - b itself, clipped to d <= 2 c), so each pixel's refined x0 is a
+residual-weighted blend of a and b and the prior's estimate decides the blend. Its M-step differs from the
+sweep above: the TV proximal step acts on the residual, h = argmin ||h - (y - x_prior)||^2 + sum_d ||D_d h -
+g_d||^2, whose gradient targets g_d = rho / (2 lambda + rho) * G_d h_prev come from the *previous* reverse step's
+h (zero at the first; G_d h[i] = h[i] - h[i + 1], and h[n - 1] itself at the last index), and
+x = (2 c y + rho (y - h)) / (2 c + 2 d + rho) (:func:`official_m_step`).
 ``False``: the bare objective above (d = 0, EM gradient weights). With the published lambda = 0.5 and
 rho = 0.01 its M-step returns x = y almost exactly (c >> rho), i.e. f = a whatever the prior does (measured
 on phantoms: MI(F, b) equals MI(a, b) to the last digit), which is why the code's model is the default
@@ -139,6 +143,23 @@ def m_step(
     return (2 * c * y + rho * k) / den
 
 
+def code_difference(h: Tensor, axis: int) -> Tensor:
+    """The official code's difference of its TV targets along ``axis``: h[i] - h[i + 1], and h[n - 1] at the end."""
+    nxt = torch.cat([h.narrow(axis, 1, h.shape[axis] - 1), torch.zeros_like(h.narrow(axis, 0, 1))], dim=axis)
+    return h - nxt
+
+
+def official_m_step(
+    x_prior: Tensor, y: Tensor, c: Tensor, d: Tensor, lam: float, rho: float, state: EMState,
+) -> Tensor:
+    """The official code's M-step (see the module docstring); carries the TV targets in ``state``; returns x."""
+    axes = _spatial_axes(x_prior)
+    targets = state.tv_targets or [torch.zeros_like(x_prior) for _ in axes]
+    h = fourier_tv_prox(y - x_prior, targets)
+    state.tv_targets = [rho / (2 * lam + rho) * code_difference(h, ax) for ax in axes]
+    return (2 * c * y + rho * (y - h)) / (2 * c + 2 * d + rho)
+
+
 class EMState:
     """Per-sample hyperparameters carried across the reverse steps (rates of the exponentials; 1 at the start)."""
 
@@ -147,6 +168,7 @@ class EMState:
         self.gamma = torch.ones(shape, device=device, dtype=dtype)  # intensity term
         self.gamma_tv = torch.ones(shape, device=device, dtype=dtype)  # gradient term
         self.gamma_b = torch.ones(shape, device=device, dtype=dtype)  # official code's term toward b
+        self.tv_targets: list[Tensor] | None = None  # official code: gradient targets from the previous step's h
 
 
 def em_one_step(
@@ -163,21 +185,18 @@ def em_one_step(
     x_prior = x0_hat - b
     c, em = laplace_e_step(y - x_prior, state.gamma)
     state.gamma = update_rate(em)
-    d = None
     if official_code:
-        e = [torch.ones_like(x_prior) for _ in _spatial_axes(x_prior)]
         d, dm = laplace_e_step(x_prior, state.gamma_b)
         d = torch.minimum(d, 2 * c)
         state.gamma_b = update_rate(dm)
-    else:
-        e, ems = [], []
-        for ax in _spatial_axes(x_prior):
-            e_d, m_d = laplace_e_step(diff(x_prior, ax), state.gamma_tv)
-            e.append(e_d)
-            ems.append(m_d)
-        state.gamma_tv = update_rate(torch.cat(ems, dim=1))
-    x = m_step(x_prior, y, c, e, lam, rho, d)
-    return b + x
+        return b + official_m_step(x_prior, y, c, d, lam, rho, state)
+    e, ems = [], []
+    for ax in _spatial_axes(x_prior):
+        e_d, m_d = laplace_e_step(diff(x_prior, ax), state.gamma_tv)
+        e.append(e_d)
+        ems.append(m_d)
+    state.gamma_tv = update_rate(torch.cat(ems, dim=1))
+    return b + m_step(x_prior, y, c, e, lam, rho)
 
 
 class DDFMFusion(Hook):
