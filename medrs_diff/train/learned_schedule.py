@@ -44,6 +44,7 @@ from ..diffusion.step_masking import learn_step_mask, ode_error_loss
 from ..errors import ArgumentError, CheckpointError, DataError
 from ..methods.base import DiffusionMethod, DiffusionPair, Method
 from .checkpoint import LEARNED_KEY, atomic_torch_save, method_from_checkpoint, read_checkpoint
+from .ema import EMA
 
 __all__ = ["KINDS", "FitReport", "LearnedSchedule", "fit_learned_schedules", "fit_schedule_checkpoint"]
 
@@ -312,7 +313,7 @@ class LearnedSchedule(L.Callback):
         if trainer.global_rank != 0:
             return
         method: Method = pl_module.method
-        ema = next((c for c in trainer.callbacks if hasattr(c, "swap_in") and hasattr(c, "shadow")), None)
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
         swapped = ema.swap_in(pl_module) if ema is not None else False
         try:
             dm = trainer.datamodule

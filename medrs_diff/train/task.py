@@ -183,6 +183,10 @@ class DiffusionTask(L.LightningModule):
                 f"method must be a medrs_diff Method (e.g. medrs_diff.methods.SegDiff), got {type(method).__name__}"
             )
         check_sampler(val_sampler)
+        if val_sampler in ("bddm", "masked"):  # their chains are fitted after training (LearnedSchedule)
+            raise ArgumentError("model.init_args.val_sampler", f"{val_sampler} walks chains fitted after training, "
+                                "which validation during training does not have", "validate with ddim or "
+                                "dpm_solver_pp; sample the fitted chains after training (infer --sampler)")
         if lr <= 0:
             raise ArgumentError("lr", f"must be > 0, got {lr}", "set model.init_args.lr to a positive learning rate")
         if val_steps < 1 or val_samples < 1:

@@ -78,6 +78,10 @@ def test_bad_arguments_are_refused_before_compute():
         with pytest.raises(ArgumentError, match=f"^LearnedSchedule.{where}: .* Fix: "):
             LearnedSchedule(**kwargs)
     m = _tiny_srdiff()
+    from medrs_diff.train import DiffusionTask
+
+    with pytest.raises(ArgumentError, match="^model.init_args.val_sampler: bddm walks chains fitted after"):
+        DiffusionTask(method=m, val_sampler="bddm")
     with pytest.raises(ArgumentError, match="srdiff has 100 training steps"):
         fit_learned_schedules(m, [], kind="bddm", steps=[200])
     from medrs_diff.methods.eiddpm import EIDDPM
