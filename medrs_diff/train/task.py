@@ -43,7 +43,9 @@ from ..viz.panels import save_panel
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     EMA_FORMAT,
+    LEARNED_KEY,
     CheckpointError,
+    attach_learned,
     build_method,
     canonical_method_config,
     capture_rng_state,
@@ -540,6 +542,7 @@ class DiffusionTask(L.LightningModule):
             where = str(self._trainer.ckpt_path)
         self.check_checkpoint(checkpoint, where)
         self._rng_to_restore = checkpoint.get("rng_states")
+        attach_learned(self.method, checkpoint.get(LEARNED_KEY), where)  # BDDM / step-mask chains, if fitted
         if self._trainer is None:  # load_from_checkpoint: the task is rebuilt from the stored settings
             return
         self._resumed_from = where

@@ -189,6 +189,10 @@ def test_callback_stores_chains_and_checkpoints_restore_them(run):
             assert torch.equal(chain.alphas_cumprod, c["alphas_cumprod"]) and torch.equal(chain.timesteps,
                                                                                            c["timesteps"])
             assert len(chain) == int(n) and (chain.alphas_cumprod[1:] < chain.alphas_cumprod[:-1]).all()
+    from medrs_diff.train import DiffusionTask
+
+    task = DiffusionTask.load_from_checkpoint(_last(run), map_location="cpu")  # Lightning's own loader too
+    assert fitted_steps(task.method.schedule, "mask") == [4]
 
 
 def test_infer_with_bddm_walks_exactly_the_stored_chain(run, tmp_path, capsys):
