@@ -5,7 +5,8 @@ packaged recipe by name, the TorchGeo convention); ``infer`` runs a checkpoint o
 GeoTIFF, PNG / JPEG, ...), writing every output the method declares on the input's grid;
 ``generate`` writes synthetic vessel-mask / fundus pairs from the retinal dual model's checkpoints;
 ``evaluate`` scores predictions; ``list`` shows methods, recipes and samplers; ``quickstart`` trains,
-infers and evaluates SegDiff and TCDM (super-resolution) end to end; ``samplers`` prints the engine's accuracy table.
+infers and evaluates SegDiff and TCDM (super-resolution) end to end; ``samplers`` prints the engine's accuracy table;
+``fit-schedule`` adds BDDM schedules / learned step masks to a checkpoint.
 
 A user error (bad file, argument, recipe or checkpoint) prints one line
 ``medrs-diff <command>: error: ...`` and exits with status 2; set ``MEDRS_DIFF_TRACEBACK=1`` to see
@@ -29,6 +30,15 @@ def _cmd_samplers(args: argparse.Namespace) -> int:
     from ..diffusion.accuracy import format_table, sampler_accuracy
 
     print(format_table(sampler_accuracy(args.n, args.seed, masks=args.masks, bddm=args.bddm)))
+    return 0
+
+
+def _cmd_fit_schedule(args: argparse.Namespace) -> int:
+    from ..train.learned_schedule import fit_schedule_checkpoint
+
+    fit_schedule_checkpoint(args.checkpoint, args.output, kind=args.kind, steps=args.steps, fit_steps=args.fit_steps,
+                            batches=args.batches, candidates=args.candidates, mask_samples=args.mask_samples,
+                            data_root=args.data_root, seed=args.seed)
     return 0
 
 
@@ -104,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a few steps only (smoke test)")
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("fit-schedule", help="fit BDDM schedules / learned step masks on a checkpoint (post hoc)")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by `medrs-diff fit` (not modified)")
+    p.add_argument("--output", required=True, help="the new checkpoint with the chains added (atomic write)")
+    p.add_argument("--kind", required=True, choices=("bddm", "mask"),
+                   help="bddm: BDDM schedule network + search (sample with --sampler bddm); mask: learned step "
+                   "mask (--sampler masked)")
+    p.add_argument("--steps", type=int, nargs="+", required=True, help="step budget(s), e.g. 5 10 20")
+    p.add_argument("--fit-steps", type=int, default=400, help="schedule-net iterations / mask updates (400)")
+    p.add_argument("--batches", type=int, default=4, help="training batches to fit on; one more selects (4)")
+    p.add_argument("--candidates", type=int, default=100, help="evenly spaced steps a mask chooses from (100)")
+    p.add_argument("--mask-samples", type=int, default=8, help="masks drawn per mask update (8)")
+    p.add_argument("--data-root", default=None, help="the data module's root, when it moved since training")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_fit_schedule)
 
     p = sub.add_parser("samplers", help="sampler accuracy against an exact Gaussian-mixture denoiser")
     p.add_argument("--n", type=int, default=4000)

@@ -71,6 +71,8 @@ class Schedule:
         with torch.no_grad():
             self.log_snr = torch.log(ac) - torch.log1p(-ac.clamp_max(1 - 1e-16))
         self._device_cache: dict[tuple[str, str, torch.dtype], Tensor] = {}
+        #: few-step chains fitted after training, kind -> steps -> chain (samplers ``bddm`` / ``masked``)
+        self.learned: dict[str, dict[int, Schedule]] = {}
 
     # -- basic facts ----------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ import torch
 from .. import io
 from ..data.scaling import ScalingSpec, check_bit_depth, resolve
 from ..errors import ArgumentError, CheckpointError, DataError, MedrsError
-from ..methods.base import IOSpec, Method, check_sampler
+from ..methods.base import IOSpec, Method, check_learned_sampler, check_sampler
 from .cases import LAYOUTS, ModalityCase, case_grid, find_cases, stack_case
 from .panels import PANELS_DIR, panel_path, write_case_panel
 from .seeding import window_generators
@@ -360,6 +360,7 @@ class Predictor:
                                 "pass seed= (per-window seeds) or a torch.Generator")
         if sampler is not None:
             check_sampler(sampler)
+            check_learned_sampler(self.method, sampler, steps)  # bddm / masked: a fitted chain of these steps
         return lambda case: self._window_fn(sampler, steps, n_samples, int(seed), generator, case)
 
     # -- arrays -----------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ from ..data.keys import LABEL, MASK
 from ..diffusion.generators import GeneratorLike
 from ..diffusion.process import check_spatial
 from ..diffusion.samplers import SAMPLERS
+from ..diffusion.samplers.learned import SAMPLER_KINDS, learned_chain
 from ..diffusion.schedules import Schedule
 from ..errors import ArgumentError, DataError
 from ..metrics import dice, psnr
@@ -72,6 +73,23 @@ def check_sampler(name: str) -> None:
     """Raise :class:`~medrs_diff.errors.ArgumentError` naming the registered samplers when ``name`` is unknown."""
     if name not in SAMPLERS:
         raise ArgumentError("sampler", f"unknown sampler {name!r}", f"choose one of {', '.join(SAMPLERS)}")
+
+
+def check_learned_sampler(method: Any, sampler: str | None, steps: int | None) -> None:
+    """Before any compute: ``bddm`` / ``masked`` need a fitted chain of the requested (or the method's default)
+    number of steps on ``method.schedule``; :class:`~medrs_diff.errors.ArgumentError` listing the fitted ones."""
+    if sampler not in SAMPLER_KINDS:
+        return
+    n = steps if steps is not None else getattr(method, "sampling_steps", None)
+    schedule = getattr(method, "schedule", None)
+    try:
+        if schedule is None:
+            raise ValueError(f"sampler {sampler!r}: {type(method).__name__} has no diffusion schedule")
+        learned_chain(schedule, SAMPLER_KINDS[sampler], n)
+    except ValueError as err:
+        where, _, rest = str(err).partition(": ")
+        problem, _, fix = rest.rpartition("; ")
+        raise ArgumentError(where, problem or rest, fix or "fit a chain first") from None
 
 
 def _plain(value: Any) -> Any:
@@ -281,6 +299,21 @@ def sr_batch(method: Method, batch: dict[str, Any], scale: int) -> tuple[Tensor,
     return lr, hr
 
 
+class DiffusionPair(NamedTuple):
+    """A batch seen by a diffusion method's chain: the conditioned net and the clean target, in model space.
+
+    ``denoise(x_t, t)``: the method's denoiser conditioned on the batch (x_t shaped like ``x0``, ``t``
+    the training timesteps, (B,)); it predicts ``prediction_type`` (``eps``, ``x0`` or ``v``) on the
+    first ``x0.shape[1]`` channels. ``x0``: what the chain diffuses for this batch (the SR residual,
+    the encoded mask, the latent). ``options``: the sampler options ``predict`` uses (``clip``).
+    """
+
+    denoise: Callable[[Tensor, Tensor], Tensor]
+    x0: Tensor
+    prediction_type: str = "eps"
+    options: Mapping[str, Any] | None = None
+
+
 class DiffusionMethod(Method):
     """A method whose prediction is drawn by a diffusion sampler from :data:`SAMPLERS`.
 
@@ -306,3 +339,11 @@ class DiffusionMethod(Method):
 
     def fast_path_target(self) -> nn.Module:
         return self.denoiser
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The conditioned denoiser and clean x0 of a training batch (optional; learned schedules need it)."""
+        raise ArgumentError(
+            f"method {self.name}", "does not expose its conditioned denoiser and clean x0 (diffusion_pair), which "
+            "fitting a learned schedule (BDDM / step masks) needs", "use a method that implements "
+            "diffusion_pair (srdiff, segdiff, latent_ddpm, retinal_mask_ddpm, retinal_image_ddpm, sar_ddpm)",
+        )

@@ -37,7 +37,7 @@ from ..errors import ArgumentError, CheckpointError, DataError
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_n
 from .autoencoder_kl import AutoencoderKLMethod
-from .base import DiffusionMethod, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler
 
 _AE_FIX = "pass the last.ckpt of a `medrs-diff fit --config autoencoder_kl_phantom2d` (or other autoencoder_kl) run"
 
@@ -183,6 +183,10 @@ class LatentDDPM(DiffusionMethod):
         z0 = self.latents(self._image(batch), generator)
         loss, logs = self.objective(lambda z, t: self.unet(z, t), z0, generator=generator)
         return loss, {**logs, "latent_scale": torch.tensor(self.scale)}
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The latent UNet and the scaled latents of a batch's images (the chain runs in latent space)."""
+        return DiffusionPair(lambda z, t: self.unet(z, t), self.latents(self._image(batch)), "eps", {})
 
     @torch.no_grad()
     def predict(

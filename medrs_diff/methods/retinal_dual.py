@@ -50,7 +50,7 @@ from ..metrics import psnr
 from ..nets.light_unet import LightUNet
 from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
-from .base import PSNR_CAP_DB, DiffusionMethod, check_sampler
+from .base import PSNR_CAP_DB, DiffusionMethod, DiffusionPair, check_sampler
 
 #: Batch key of the field of view (as :mod:`medrs_diff.datamodules.clinical2d` names it).
 FOV = "fov"
@@ -240,6 +240,18 @@ class RetinalMaskDDPM(_RetinalDDPM):
         x0 = torch.where(fov & (label > 0.5), 1.0, -1.0).to(label.dtype)
         return mse_l1_eps_loss(self.unet, self.schedule, x0, generator)
 
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The (unconditional) mask UNet and the batch's masks in {-1, 1} (vessel inside the FOV)."""
+        label = batch.get(LABEL)
+        if not isinstance(label, Tensor):
+            raise DataError("batch", "the mask DDPM's diffusion pair needs batch['label'] (vessel masks)",
+                            "use a data module that provides vessel masks")
+        self.check_input(label, "label")
+        self._check_size(label, "label")
+        fov = _fov_of(batch, label, self.fov_radius)
+        x0 = torch.where(fov & (label > 0.5), 1.0, -1.0).to(label.dtype)
+        return DiffusionPair(self.unet, x0, "eps", {"clip": True})
+
     @torch.no_grad()
     def predict(self, batch: dict[str, Any], *, sampler: str | None = None, steps: int | None = None,
                 n_samples: int | None = None, generator: GeneratorLike = None,
@@ -328,6 +340,19 @@ class RetinalImageDDPM(_RetinalDDPM):
         x0 = torch.where(fov, image, -1.0)
         cond = torch.where(fov & (label > 0.5), 1.0, -1.0).to(image.dtype)
         return mse_l1_eps_loss(self.unet, self.schedule, x0, generator, cond=cond)
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The mask-conditioned image UNet and the batch's images (background -1 outside the FOV)."""
+        label = self._mask(batch)
+        image = batch.get(IMAGE)
+        if not isinstance(image, Tensor) or image.shape[1] != self.out_channels or image.shape[2:] != label.shape[2:]:
+            got = tuple(image.shape) if isinstance(image, Tensor) else None
+            raise DataError("batch", f"the image DDPM needs batch['image'] with {self.out_channels} channels on "
+                            f"the mask's grid {tuple(label.shape[2:])}, got {got}", "use RGB images (channels: rgb)")
+        fov = _fov_of(batch, label, self.fov_radius)
+        x0 = torch.where(fov, image, -1.0)
+        cond = torch.where(fov & (label > 0.5), 1.0, -1.0).to(image.dtype)
+        return DiffusionPair(lambda x, t: self.unet(x, t, cond=cond), x0, "eps", {"clip": True})
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any], *, sampler: str | None = None, steps: int | None = None,

@@ -31,7 +31,7 @@ from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.unet import ConditionedUNet
 from ._sampling import sample_n
-from .base import DiffusionMethod, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler
 
 #: the paper's shift step (100 px) as a fraction of its tile side (256 px)
 PAPER_SHIFT_FRACTION = 100 / 256
@@ -127,6 +127,15 @@ class SARDDPM(DiffusionMethod):
             raise DataError("batch", f"SAR-DDPM training needs batch[{self.target_key!r}] (the clean image)",
                             "use a data module that provides it (SpeckleDataModule)")
         return self.objective(lambda x, t: self.unet(x, t, cond=speckled), clean, generator=generator)
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The speckle-conditioned UNet (eps channels only) and the clean image of a (speckled, clean) batch."""
+        speckled, clean = self._inputs(batch)
+        if clean is None:
+            raise DataError("batch", f"SAR-DDPM's diffusion pair needs batch[{self.target_key!r}] (the clean image)",
+                            "use a data module that provides it (SpeckleDataModule)")
+        net, c = self.unet, self.out_channels
+        return DiffusionPair(lambda x, t: net(x, t, cond=speckled)[:, :c], clean, "eps", {"clip": True})
 
     def denoise(self, speckled: Tensor, *, sampler: str | None = None, steps: int | None = None,
                 generator: GeneratorLike = None, progress: bool = False) -> Tensor:

@@ -28,7 +28,7 @@ from ..nets.conv import conv_transpose
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ..nets.unet import ConditionedUNet, check_downsample
 from ._sampling import sample_with_features
-from .base import DiffusionMethod, check_sampler, sr_batch
+from .base import DiffusionMethod, DiffusionPair, check_sampler, sr_batch
 
 
 class SRDiff(DiffusionMethod):
@@ -135,6 +135,16 @@ class SRDiff(DiffusionMethod):
         x0 = self.residual.encode(hr, self.upsample(lr))
         features = self.condition(lr)
         return self.objective(lambda x, t: self.unet(x, t, features=features), x0, generator=generator)
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The frozen-encoder-conditioned UNet and the scaled residual x0 of an (LR, HR) batch."""
+        lr, hr = self._inputs(batch)
+        if hr is None:
+            raise DataError("batch", f"SRDiff's diffusion pair needs batch[{self.target_key!r}] (the HR image)",
+                            "use a data module that provides it")
+        x0 = self.residual.encode(hr, self.upsample(lr))
+        features = self.condition(lr)
+        return DiffusionPair(lambda x, t: self.unet(x, t, features=features), x0, "eps", {"clip": True})
 
     # -- inference --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -24,6 +24,7 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .ema import EMA
+from .learned_schedule import LearnedSchedule
 from .optim import WarmupCosine, param_groups, warmup_cosine
 from .panels import save_panel
 from .task import DiffusionTask
@@ -43,6 +44,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EMA",
+    "LearnedSchedule",
     "AtomicCheckpointIO",
     "CheckpointError",
     "DiffusionTask",

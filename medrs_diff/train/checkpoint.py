@@ -45,6 +45,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..diffusion.samplers.learned import attach_state
 from ..errors import CheckpointError, MedrsError
 from ..io.atomic import atomic_save, clean_stale_temporaries
 from ..methods import METHODS
@@ -53,6 +54,7 @@ from ..methods.base import Method
 __all__ = [
     "CHECKPOINT_FORMAT",
     "EMA_FORMAT",
+    "LEARNED_KEY",
     "LEGACY_CLASS_PATHS",
     "LEGACY_METHOD_PATHS",
     "AtomicCheckpointIO",
@@ -81,6 +83,9 @@ __all__ = [
     "valid_methods",
 ]
 
+#: Checkpoint key of the few-step chains fitted after training (BDDM schedules, step masks):
+#: ``{kind: {"<steps>": {"alphas_cumprod", "timesteps"}}}``, attached to ``method.schedule`` on rebuild.
+LEARNED_KEY = "learned_schedules"
 #: Version of the ``checkpoint["medrs_diff"]`` record.
 CHECKPOINT_FORMAT = 1
 #: Marker stored with the EMA callback's state (:class:`~medrs_diff.train.ema.EMA` writes the same one).
@@ -562,7 +567,24 @@ def method_from_checkpoint(
         source = "model weights"
     check_state_fits(method, state, path, source)
     method.load_state_dict(state, strict=True)
+    attach_learned(method, ckpt.get(LEARNED_KEY), path)
     return method.eval()
+
+
+def attach_learned(method: Method, state: Any, where: str | os.PathLike) -> None:
+    """Attach a checkpoint's learned chains (``checkpoint["learned_schedules"]``) to ``method.schedule``."""
+    if not state:
+        return
+    schedule = getattr(method, "schedule", None)
+    try:
+        if schedule is None:
+            raise ValueError(f"{type(method).__name__} has no diffusion schedule")
+        if not isinstance(state, Mapping):
+            raise ValueError(f"the entry is a {type(state).__name__}, not a dict")
+        attach_state(schedule, state)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(where, f"holds learned schedules ({LEARNED_KEY!r}) that do not fit its model: {err}",
+                              "refit them with `medrs-diff fit-schedule` on this checkpoint") from err
 
 
 def ema_state_dict(

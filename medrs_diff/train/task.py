@@ -43,7 +43,9 @@ from ..viz.panels import save_panel
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     EMA_FORMAT,
+    LEARNED_KEY,
     CheckpointError,
+    attach_learned,
     build_method,
     canonical_method_config,
     capture_rng_state,
@@ -183,6 +185,10 @@ class DiffusionTask(L.LightningModule):
                 f"method must be a medrs_diff Method (e.g. medrs_diff.methods.SegDiff), got {type(method).__name__}"
             )
         check_sampler(val_sampler)
+        if val_sampler in ("bddm", "masked"):  # their chains are fitted after training (LearnedSchedule)
+            raise ArgumentError("model.init_args.val_sampler", f"{val_sampler} walks chains fitted after training, "
+                                "which validation during training does not have", "validate with ddim or "
+                                "dpm_solver_pp; sample the fitted chains after training (infer --sampler)")
         if lr <= 0:
             raise ArgumentError("lr", f"must be > 0, got {lr}", "set model.init_args.lr to a positive learning rate")
         if val_steps < 1 or val_samples < 1:
@@ -536,6 +542,7 @@ class DiffusionTask(L.LightningModule):
             where = str(self._trainer.ckpt_path)
         self.check_checkpoint(checkpoint, where)
         self._rng_to_restore = checkpoint.get("rng_states")
+        attach_learned(self.method, checkpoint.get(LEARNED_KEY), where)  # BDDM / step-mask chains, if fitted
         if self._trainer is None:  # load_from_checkpoint: the task is rebuilt from the stored settings
             return
         self._resumed_from = where

@@ -41,9 +41,10 @@ def _g(seed):
 
 
 def test_all_samplers_registered_with_metadata():
-    assert S.sampler_names() == ("ddpm", "ddim", "dpm_solver_pp", "analytic_dpm", "paradigms", "gddim")
+    assert S.sampler_names() == ("ddpm", "ddim", "dpm_solver_pp", "analytic_dpm", "paradigms", "gddim", "bddm",
+                                 "masked")
     assert all(isinstance(s, SamplerSpec) and s.name == n for n, s in SAMPLERS.items())
-    assert {n for n, s in SAMPLERS.items() if s.stochastic} == {"ddpm", "analytic_dpm", "paradigms"}
+    assert {n for n, s in SAMPLERS.items() if s.stochastic} == {"ddpm", "analytic_dpm", "paradigms", "bddm"}
     assert dict(SAMPLERS["analytic_dpm"].requires).keys() == {"gamma"}
     assert [n for n, s in SAMPLERS.items() if not s.supports_hooks] == ["paradigms"]
     assert SAMPLERS["ddim"].default_steps == 50 and SAMPLERS["ddpm"].default_steps is None
@@ -131,6 +132,8 @@ def test_methods_sampling_passes_the_generator_to_every_sampler(sched, den, gamm
     from medrs_diff.methods._sampling import sample_n
 
     seen: dict[str, object] = {}
+    S.attach_chain(sched, "bddm", sched.respace(10))  # the learned-chain samplers walk a fitted 10-step chain
+    S.attach_chain(sched, "mask", sched.respace(10))
     for name, spec in list(SAMPLERS.items()):
         def spy(*args, _fn=spec.fn, _name=name, **kwargs):
             seen[_name] = kwargs.get("generator")

@@ -10,6 +10,7 @@ from .ddim import ddim, ddim_invert, ddim_step
 from .ddpm import ddpm, ddpm_step
 from .dpm_solver_pp import dpm_solver_pp
 from .gddim import DiagonalDiffusion, gddim, gddim_diagonal
+from .learned import attach_chain, attach_state, chains_state, fitted_steps, learned_chain
 from .paradigms import ParadigmsResult, paradigms
 from .registry import SAMPLERS, SamplerSpec, check_sampler, get_sampler, register_sampler, sampler_names
 from .truncated import sample_from_estimate, truncated_start
@@ -26,6 +27,9 @@ __all__ = [
     "StepContext",
     "analytic_dpm",
     "analytic_variances",
+    "attach_chain",
+    "attach_state",
+    "chains_state",
     "check_sampler",
     "ddim",
     "ddim_invert",
@@ -34,9 +38,11 @@ __all__ = [
     "ddpm_step",
     "dpm_solver_pp",
     "estimate_gamma",
+    "fitted_steps",
     "gddim",
     "gddim_diagonal",
     "get_sampler",
+    "learned_chain",
     "paradigms",
     "register_sampler",
     "sample_from_estimate",

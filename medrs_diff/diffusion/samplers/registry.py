@@ -29,6 +29,7 @@ from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver_pp import dpm_solver_pp
 from .gddim import gddim
+from .learned import bddm, masked
 from .paradigms import ParadigmsResult, paradigms
 
 _FIXED = ("denoise", "x_T", "schedule")
@@ -149,5 +150,13 @@ register_sampler(SamplerSpec(
 ))
 register_sampler(SamplerSpec(
     "gddim", gddim, "gDDIM exponential integrator with multistep eps extrapolation (order 0 is DDIM), deterministic",
+    stochastic=False,
+))
+register_sampler(SamplerSpec(
+    "bddm", bddm, "DDPM over the model's fitted BDDM schedule (steps: a fitted count; fit-schedule --kind bddm)",
+    stochastic=True,
+))
+register_sampler(SamplerSpec(
+    "masked", masked, "DDIM over the model's learned step mask (steps: a fitted count; fit-schedule --kind mask)",
     stochastic=False,
 ))
