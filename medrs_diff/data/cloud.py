@@ -14,9 +14,9 @@ A **series** (:class:`Series`) is one site: ``s2`` (T, C, H, W) reflectance of t
 
 Readers: SEN12MS-CR triplets (S1 + cloudy S2 + mask -> clear S2, no georeferencing), SEN12MS-CR pairs
 (cloudy / clear S2 GeoTIFFs), the eo-learn 5-date series, BigEarthNet S1/S2 patches, and a stack of
-GeoTIFFs of several dates (:func:`read_series`, which refuses dates on different grids or CRSs, naming
-the files). Training at scale: :func:`simulate_clouds` puts procedural clouds and their shadows on a
-clear image (seeded).
+GeoTIFFs of several dates (:func:`read_series` in memory, :func:`open_series` window by window; both
+refuse dates on different grids or CRSs, naming the files). Training at scale: :func:`simulate_clouds`
+puts procedural clouds and their shadows on a clear image (seeded).
 """
 
 from __future__ import annotations

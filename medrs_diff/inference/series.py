@@ -33,7 +33,7 @@ from ..errors import ArgumentError, DataError
 from ..io.atomic import check_output_path
 from ..methods.base import Method
 from .seeding import window_generators
-from .tiling import GeoOutput, PositionalWindowFn, TileReader, infer_volume, write_strips
+from .tiling import GeoOutput, PositionalWindowFn, TileReader, gdal_cache_cap, infer_volume, write_strips
 
 PathLike = str | os.PathLike
 
@@ -169,7 +169,8 @@ def infer_series_files(method: Method, source: PathLike, output: PathLike, *, ba
     out_dir = Path(output)
     stem = Path(s2[0]).stem
     paths = {"prediction": out_dir / f"{stem}_clear.tif", "uncertainty": out_dir / f"{stem}_uncertainty.tif"}
-    with open_series(s2, sar_paths=s1, mask_paths=masks, bands=bands, quantification=quantification) as files:
+    with gdal_cache_cap(), open_series(s2, sar_paths=s1, mask_paths=masks, bands=bands,
+                                        quantification=quantification) as files:
         for path in paths.values():  # before any compute
             check_output_path(path, files.inputs, create=False)
         method = method.to(device).eval()

@@ -11,8 +11,9 @@ the constant across tile borders.
 
 Three file paths: :func:`infer_nifti` (volumes in memory, reoriented to RAS for the model, MONAI
 ``sliding_window_inference``), :func:`infer_geotiff` (scenes larger than memory: windowed reads,
-strip-wise writes) and :func:`infer_image` (any other registered format, e.g. PNG / JPEG clinical
-images and ``.npy`` arrays, in memory). :func:`default_window` picks a window from the training patch
+strip-wise writes by :func:`write_strips`, which also streams several files, e.g. a time series) and
+:func:`infer_image` (any other registered format, e.g. PNG / JPEG clinical images and ``.npy`` arrays, in
+memory). :func:`default_window` picks a window from the training patch
 size so that time grows linearly with the image and memory per window stays flat.
 
 Label outputs (class indices, e.g. a segmenter's ``prediction``) are never averaged: with ``label_votes``
@@ -895,6 +896,18 @@ class GeoOutput:
     strip: Callable[[np.ndarray], np.ndarray] | None = None
 
 
+#: GDAL block cache (MiB) while :func:`write_strips` streams, unless GDAL_CACHEMAX is set: GDAL's default (5 % of
+#: the RAM) would otherwise fill with blocks of the scene's files and grow with the scene.
+STREAM_CACHE_MB = 256
+
+
+def gdal_cache_cap() -> Any:
+    """A rasterio Env capping GDAL's block cache at :data:`STREAM_CACHE_MB`, or a no-op where the user set it."""
+    if "GDAL_CACHEMAX" in os.environ or (rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()):
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB)
+
+
 #: ``outputs`` of :func:`write_strips`: the first batch's outputs ``{key: (B, C, h, w)}`` -> how to write each key.
 OutputPlan = Callable[[Mapping[str, torch.Tensor]], Mapping[str, GeoOutput]]
 
@@ -907,7 +920,8 @@ def write_strips(predictor: WindowFn, reader: TileReader, outputs: OutputPlan, t
     Tiles of ``tile`` pixels overlapping by ``overlap`` (fraction) come from ``reader`` (padded by reflection
     where the scene is smaller than a tile), run in batches of ``batch`` on ``device`` (a
     :class:`PositionalWindowFn` gets each tile's start), are blended by ``blend`` weights and written by rows:
-    memory holds one strip of tile rows (C x tile x width per output), never the scene. With ``scale`` > 1
+    memory holds one strip of tile rows (C x tile x width per output), never the scene, and GDAL's block
+    cache is capped at :data:`STREAM_CACHE_MB` unless ``GDAL_CACHEMAX`` is set. With ``scale`` > 1
     the predictor returns tiles ``scale`` times larger (super-resolution) and the outputs cover the same ground
     with finer pixels. ``outputs`` decides each output's file and format from the first batch
     (:class:`GeoOutput`); every file appears only when the whole scene succeeded. Returns ``{key: path}``.
@@ -924,6 +938,7 @@ def write_strips(predictor: WindowFn, reader: TileReader, outputs: OutputPlan, t
     weight = blend_window((th * s, tw * s), blend).numpy()[: hh * s, : ww * s].astype(np.float64)
     bar = tqdm(total=len(ys) * len(xs), desc=f"tiles {reader.name}", disable=not show_progress(progress))
     with contextlib.ExitStack() as stack:
+        stack.enter_context(gdal_cache_cap())
         acc: dict[str, np.ndarray] = {}  # weighted sums over the current strip, output pixels
         wsum = np.zeros((hh * s, W * s), np.float64)
         valid = np.zeros((hh, W), bool)  # input pixels of the strip holding data

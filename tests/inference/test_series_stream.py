@@ -22,6 +22,7 @@ from medrs_diff.data import keys as K
 from medrs_diff.data.cloud import read_series
 from medrs_diff.errors import DataError
 from medrs_diff.inference.series import infer_series_files, predict_series, read_stack
+from medrs_diff.inference.tiling import STREAM_CACHE_MB
 from medrs_diff.io.geotiff import write_geotiff
 from medrs_diff.methods.base import IOSpec
 
@@ -44,6 +45,7 @@ class Standin(torch.nn.Module):
 
     def predict(self, batch, *, sampler=None, steps=None, n_samples=None, generator=None):
         self.calls += 1
+        self.cache = rasterio.env.getenv().get("GDAL_CACHEMAX") if rasterio.env.hasenv() else None
         if self.calls == self.fail_at:
             raise RuntimeError("window failed")
         s2, m = batch[K.COND], batch[K.CLOUD_MASK]
@@ -124,6 +126,17 @@ def test_peak_memory_is_bounded_by_a_strip(tmp_path, monkeypatch):
     strip = dates * (len(BANDS) + 2 + 1) * 32 * w * 4
     assert whole > scene  # the measure sees the scene when it is read whole
     assert streamed < 6 * strip < scene / 4, (streamed, strip, scene)
+
+
+def test_gdal_block_cache_is_capped_unless_the_user_set_it(tmp_path, monkeypatch):
+    stack = _stack(tmp_path / "s", dates=2, h=16, w=16)
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    method = Standin(True)
+    infer_series_files(method, stack, tmp_path / "a", bands=BANDS, tile=16)
+    assert method.cache == STREAM_CACHE_MB
+    monkeypatch.setenv("GDAL_CACHEMAX", "512")
+    infer_series_files(method, stack, tmp_path / "b", bands=BANDS, tile=16)
+    assert method.cache is None
 
 
 def test_bad_stacks_stop_before_any_compute_naming_the_file(tmp_path):
