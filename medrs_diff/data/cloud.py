@@ -14,24 +14,27 @@ A **series** (:class:`Series`) is one site: ``s2`` (T, C, H, W) reflectance of t
 
 Readers: SEN12MS-CR triplets (S1 + cloudy S2 + mask -> clear S2, no georeferencing), SEN12MS-CR pairs
 (cloudy / clear S2 GeoTIFFs), the eo-learn 5-date series, BigEarthNet S1/S2 patches, and a stack of
-GeoTIFFs of several dates (:func:`read_series`, which refuses dates on different grids or CRSs, naming
-the files). Training at scale: :func:`simulate_clouds` puts procedural clouds and their shadows on a
-clear image (seeded).
+GeoTIFFs of several dates (:func:`read_series` in memory, :func:`open_series` window by window; both
+refuse dates on different grids or CRSs, naming the files). Training at scale: :func:`simulate_clouds`
+puts procedural clouds and their shadows on a clear image (seeded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from rasterio.windows import Window
 
 from ..io.geometry import compare_grids
-from ..io.geotiff import read_geotiff
+from ..io.geotiff import is_georeferenced, open_geotiff, read_geotiff
 from .errors import DataError
 from .scaling import Scaling, linear, reflectance
 
@@ -81,16 +84,43 @@ def check_s1_db(s1: np.ndarray, where: Any) -> np.ndarray:
     """
     a = np.asarray(s1, dtype=np.float32)
     v = a[np.isfinite(a)]
-    if v.size == 0:
+    s1_db_verdict(S1Stats.of(v), lambda: float(np.median(v)), where)
+    return a
+
+
+@dataclass
+class S1Stats:
+    """Counts and range of the finite S1 values seen so far (block by block: :meth:`add`)."""
+
+    finite: int = 0
+    nonneg: int = 0
+    lo: float = np.inf
+    hi: float = -np.inf
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> S1Stats:
+        return cls().add(values)
+
+    def add(self, values: np.ndarray) -> S1Stats:
+        v = values[np.isfinite(values)]
+        if v.size:
+            self.finite += int(v.size)
+            self.nonneg += int((v >= 0).sum())
+            self.lo, self.hi = min(self.lo, float(v.min())), max(self.hi, float(v.max()))
+        return self
+
+
+def s1_db_verdict(stats: S1Stats, median: Callable[[], float], where: Any) -> None:
+    """The rule of :func:`check_s1_db` on ``stats``; ``median`` gives the median for the message only."""
+    if stats.finite == 0:
         raise DataError(where, "S1 holds no finite pixel", "give S1 sigma0 in dB with valid pixels")
-    nonneg = float((v >= 0).mean())
+    nonneg = stats.nonneg / stats.finite
     if nonneg >= 0.99:
         raise DataError(where, f"S1 looks linear, not dB ({100 * nonneg:.0f} % of pixels >= 0, median "
-                        f"{float(np.median(v)):.3g})", "convert sigma0 to dB first: 10 * log10(sigma0)")
-    if v.min() < -60 or v.max() > 40:
-        raise DataError(where, f"S1 values {v.min():.3g}..{v.max():.3g} are outside the dB range -60..40",
+                        f"{median():.3g})", "convert sigma0 to dB first: 10 * log10(sigma0)")
+    if stats.lo < -60 or stats.hi > 40:
+        raise DataError(where, f"S1 values {stats.lo:.3g}..{stats.hi:.3g} are outside the dB range -60..40",
                         "give calibrated sigma0 in dB (10 * log10 of linear power)")
-    return a
 
 
 def check_reflectance(s2: np.ndarray, where: Any) -> np.ndarray:
@@ -307,51 +337,168 @@ def read_bigearthnet(root: PathLike, bands: Sequence[str]) -> list[tuple[str, np
     return out
 
 
+#: bytes of one file a bounded-memory scan reads at a time (:meth:`SeriesFiles.check_values`)
+SCAN_BYTES = 32 * 2**20
+#: largest side of the decimated S1 view whose median a refusal message reports
+MEDIAN_VIEW = 1024
+
+
+@dataclass
+class SeriesFiles:
+    """A stack of GeoTIFFs, one S2 (+ S1, + cloud mask) per date, on one grid, open for windowed reads
+    (:func:`open_series`): :meth:`read` returns any window as a :class:`Series`, so memory holds a window,
+    never the scene. ``band_index`` holds the 1-based S2 bands read from each date's file."""
+
+    s2: list[Path]
+    sar: list[Path] | None
+    masks: list[Path] | None
+    band_index: list[list[int]]
+    bands: tuple[str, ...]
+    quantification: float
+    height: int
+    width: int
+    crs: Any
+    transform: Any
+    georeferenced: bool
+    sources: dict[Path, Any]
+    closer: contextlib.ExitStack
+
+    @property
+    def name(self) -> str:
+        return self.s2[0].stem
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Every file of the stack (outputs must never overwrite one)."""
+        return [*self.s2, *(self.sar or []), *(self.masks or [])]
+
+    def _read(self, path: Path, bands: Sequence[int], window: Window | None) -> np.ndarray:
+        try:
+            return self.sources[path].read(list(bands), window=window)
+        except rasterio.errors.RasterioError as exc:
+            raise DataError(path, f"pixel data cannot be read ({exc})", "the file is truncated or corrupt") from exc
+
+    def read(self, y0: int = 0, x0: int = 0, h: int | None = None, w: int | None = None) -> Series:
+        """The window of ``h`` x ``w`` pixels at row ``y0``, column ``x0`` (default: the whole scene) as a
+        :class:`Series`: S2 reflectance (DN / ``quantification``), S1 dB, cloud masks (or
+        :func:`brightness_cloud_mask`) on the window's grid. Values are checked once by :meth:`check_values`."""
+        h = self.height - y0 if h is None else h
+        w = self.width - x0 if w is None else w
+        win = Window(x0, y0, w, h)
+        s2 = np.stack([self._read(p, idx, win).astype(np.float32) / self.quantification
+                       for p, idx in zip(self.s2, self.band_index, strict=True)])
+        sar = None if self.sar is None else np.stack([self._read(p, [1, 2], win).astype(np.float32)
+                                                      for p in self.sar])
+        cloud = (brightness_cloud_mask(s2, self.bands) if self.masks is None else
+                 np.stack([(self._read(p, [1], win) > 0.5).astype(np.float32) for p in self.masks]))
+        src = self.sources[self.s2[0]]
+        return Series(s2=s2, cloud=cloud, sar=sar, name=self.name, crs=self.crs,
+                      transform=src.window_transform(win) if self.georeferenced else None,
+                      reference=self.s2[0], times=[p.stem for p in self.s2])
+
+    def _strips(self, n_bands: int) -> Iterator[Window]:
+        """Windows of whole rows holding at most :data:`SCAN_BYTES` of ``n_bands`` float32 bands."""
+        rows = max(1, SCAN_BYTES // (4 * n_bands * self.width))
+        for y in range(0, self.height, rows):
+            yield Window(0, y, self.width, min(rows, self.height - y))
+
+    def check_values(self) -> None:
+        """Every date's S2 reflectance (:func:`check_reflectance`) and S1 dB (:func:`check_s1_db`, the rule on
+        the whole file) in a bounded-memory scan (strips of :data:`SCAN_BYTES`), one ``DataError`` naming the
+        file; the median in an S1 message is that of a decimated view (at most :data:`MEDIAN_VIEW` a side)."""
+        for p, idx in zip(self.s2, self.band_index, strict=True):
+            for win in self._strips(len(idx)):
+                check_reflectance(self._read(p, idx, win).astype(np.float32) / self.quantification, p)
+        for p in self.sar or []:
+            stats = S1Stats()
+            for win in self._strips(2):
+                stats.add(self._read(p, [1, 2], win).astype(np.float32))
+
+            def median(path: Path = p) -> float:
+                src = self.sources[path]
+                view = src.read([1, 2], out_shape=(2, min(src.height, MEDIAN_VIEW), min(src.width, MEDIAN_VIEW)))
+                return float(np.median(view[np.isfinite(view)]))
+
+            s1_db_verdict(stats, median, p)
+
+    def close(self) -> None:
+        self.closer.close()
+
+    def __enter__(self) -> SeriesFiles:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_series(s2_paths: Sequence[PathLike], *, sar_paths: Sequence[PathLike] | None = None,
+                mask_paths: Sequence[PathLike] | None = None, bands: Sequence[str] = S2_L1C_BANDS,
+                quantification: float = 1e4, check_values: bool = True) -> SeriesFiles:
+    """Open a stack of GeoTIFFs, one per date (module notes of :func:`read_series`), checked from the headers
+    (same size, CRS and transform as the first S2 file, the message naming both files; ``bands`` present; VV,
+    VH in S1) and, with ``check_values``, by the bounded-memory scan :meth:`SeriesFiles.check_values`, all
+    before any pixel is used. Use as a context manager (the files stay open for windowed reads)."""
+    if len(s2_paths) == 0:
+        raise DataError("s2", "the sequence is empty", "give at least one S2 GeoTIFF")
+    for name, other in (("S1", sar_paths), ("cloud mask", mask_paths)):
+        if other is not None and len(other) != len(s2_paths):
+            raise DataError(name, f"{len(other)} files for {len(s2_paths)} S2 dates", "give one per S2 date")
+    s2 = [Path(p) for p in s2_paths]
+    sar = None if sar_paths is None else [Path(p) for p in sar_paths]
+    masks = None if mask_paths is None else [Path(p) for p in mask_paths]
+    stack = contextlib.ExitStack()
+    sources: dict[Path, Any] = {}
+    try:
+        for p in [*s2, *(sar or []), *(masks or [])]:
+            if p not in sources:
+                sources[p] = stack.enter_context(open_geotiff(p))
+        ref = sources[s2[0]]
+
+        def same_grid(path: Path) -> None:
+            r = sources[path]
+            compare_grids(path, s2[0], shape=r.shape, ref_shape=ref.shape, crs=r.crs, ref_crs=ref.crs,
+                          transform=r.transform, ref_transform=ref.transform, shape_label="size",
+                          hints={"crs": "no silent reprojection here"})
+
+        band_index = []
+        for i, p in enumerate(s2):
+            same_grid(p)
+            src = sources[p]
+            names = [n for n in src.descriptions if n]
+            avail = names if len(names) == src.count else list(S2_L1C_BANDS[: src.count])
+            band_index.append([j + 1 for j in band_indices(avail, bands, p)])
+            if sar is not None:
+                same_grid(sar[i])
+                if sources[sar[i]].count != 2:
+                    raise DataError(sar[i], f"has {sources[sar[i]].count} band(s); VV and VH expected", "give VV, VH")
+            if masks is not None:
+                m = sources[masks[i]]
+                if m.shape != src.shape:
+                    raise DataError(masks[i], f"cloud mask size {m.shape} differs from {src.shape} of {p}",
+                                    "give the mask on the S2 grid")
+                same_grid(masks[i])
+        files = SeriesFiles(s2=s2, sar=sar, masks=masks, band_index=band_index, bands=tuple(bands),
+                            quantification=float(quantification), height=ref.height, width=ref.width, crs=ref.crs,
+                            transform=ref.transform, georeferenced=is_georeferenced(ref), sources=sources,
+                            closer=stack)
+        if check_values:
+            files.check_values()
+    except BaseException:
+        stack.close()
+        raise
+    return files
+
+
 def read_series(s2_paths: Sequence[PathLike], *, sar_paths: Sequence[PathLike] | None = None,
                 mask_paths: Sequence[PathLike] | None = None, bands: Sequence[str] = S2_L1C_BANDS,
                 quantification: float = 1e4) -> Series:
     """A site from GeoTIFFs, one per date: S2 (DN; ``bands`` in file order, or band descriptions when set),
     optional S1 VV/VH dB files and cloud masks (1 = cloud) per date. Every file must share the first S2
     file's CRS, transform and size (no silent reprojection: the message names both files). Without masks,
-    :func:`brightness_cloud_mask`."""
-    if len(s2_paths) == 0:
-        raise DataError("s2", "the sequence is empty", "give at least one S2 GeoTIFF")
-    for name, other in (("S1", sar_paths), ("cloud mask", mask_paths)):
-        if other is not None and len(other) != len(s2_paths):
-            raise DataError(name, f"{len(other)} files for {len(s2_paths)} S2 dates", "give one per S2 date")
-    ref = read_geotiff(s2_paths[0])
-
-    def same_grid(path: PathLike, r: Any) -> None:
-        compare_grids(path, s2_paths[0], shape=r.data.shape[1:], ref_shape=ref.data.shape[1:], crs=r.geometry.crs,
-                      ref_crs=ref.geometry.crs, transform=r.geometry.transform, ref_transform=ref.geometry.transform,
-                      shape_label="size", hints={"crs": "no silent reprojection here"})
-
-    s2, sar, cloud = [], [], []
-    for i, p in enumerate(s2_paths):
-        r = read_geotiff(p)
-        same_grid(p, r)
-        names = [n for n in r.geometry.band_names if n]
-        avail = names if len(names) == r.data.shape[0] else list(S2_L1C_BANDS[: r.data.shape[0]])
-        idx = band_indices(avail, bands, p)
-        s2.append(check_reflectance(r.data[idx].astype(np.float32) / quantification, p))
-        if sar_paths is not None:
-            q = read_geotiff(sar_paths[i])
-            same_grid(sar_paths[i], q)
-            if q.data.shape[0] != 2:
-                raise DataError(sar_paths[i], f"has {q.data.shape[0]} band(s); VV and VH expected", "give VV, VH")
-            sar.append(check_s1_db(q.data, sar_paths[i]))
-        if mask_paths is not None:
-            m = read_geotiff(mask_paths[i])
-            if m.data.shape[1:] != r.data.shape[1:]:
-                raise DataError(mask_paths[i], f"cloud mask size {m.data.shape[1:]} differs from "
-                                f"{r.data.shape[1:]} of {p}", "give the mask on the S2 grid")
-            same_grid(mask_paths[i], m)
-            cloud.append((m.data[:1] > 0.5).astype(np.float32))
-    s2a = np.stack(s2)
-    return Series(s2=s2a, cloud=np.stack(cloud) if cloud else brightness_cloud_mask(s2a, bands),
-                  sar=np.stack(sar) if sar else None, name=Path(s2_paths[0]).stem, crs=ref.geometry.crs,
-                  transform=ref.geometry.transform, reference=Path(s2_paths[0]),
-                  times=[Path(p).stem for p in s2_paths])
+    :func:`brightness_cloud_mask`. The whole scene in memory: :func:`open_series` reads it window by window."""
+    with open_series(s2_paths, sar_paths=sar_paths, mask_paths=mask_paths, bands=bands,
+                     quantification=quantification) as files:
+        return files.read()
 
 
 def cover_bin(cover: float, edges: Sequence[float] = COVER_BINS) -> str:

@@ -1,12 +1,15 @@
 """Whole-scene cloud removal from a stack of GeoTIFFs (SeqDMs): S2 of several dates (+ S1, + cloud masks) ->
 a clear S2 GeoTIFF and an uncertainty GeoTIFF on the S2 grid.
 
-The dates are read and checked by :func:`~medrs_diff.data.cloud.read_series` (one grid, S1 in dB, bands
-present), packed as channels ``T x (C + 1 + S + 1)`` and run through blended sliding windows (MONAI, the
-project's :func:`~medrs_diff.inference.tiling.infer_volume`), so device memory is bounded by the window, not
-the scene. Each window is unpacked into the method's sequence batch. The prediction is written as
-reflectance x ``quantification`` (DN, float32) and the uncertainty (std over ``n_samples`` chains) in the
-same units; the model-space scaling is recorded in the files.
+The stack is checked up front by :func:`~medrs_diff.data.cloud.open_series` (one grid, bands present, VV/VH
+from the headers; S2 reflectance and S1 in dB by a bounded-memory scan), then streamed: each window of every
+date is read, packed as channels ``T x (C + 1 + S + 1)`` and unpacked into the method's sequence batch, and
+the blended windows are written strip by strip (:func:`~medrs_diff.inference.tiling.write_strips`), so host
+memory is bounded by a strip of windows and device memory by a batch, not by the scene.
+:func:`predict_series` does the same on a :class:`~medrs_diff.data.cloud.Series` in memory (MONAI sliding
+windows); windows, gaussian blending and per-window seeds are the same, so both give the same result. The
+prediction is written as reflectance x ``quantification`` (DN, float32) and the uncertainty (std over
+``n_samples`` chains) in the same units; the model-space scaling is recorded in the files.
 
 The stack is given by a manifest CSV (columns ``s2`` and optionally ``s1``, ``mask``; one row per date,
 paths relative to the manifest) or by a folder with the naming pattern ``*_s2.tif`` / ``*_s1.tif`` /
@@ -25,11 +28,12 @@ import numpy as np
 import torch
 
 from ..data import keys as K
-from ..data.cloud import S1_POLS, S2_L1C_BANDS, Series, read_series, refl_scaling, s1_scaling
+from ..data.cloud import S1_POLS, S2_L1C_BANDS, Series, open_series, refl_scaling, s1_scaling
 from ..errors import ArgumentError, DataError
-from ..io.geotiff import write_geotiff
+from ..io.atomic import check_output_path
 from ..methods.base import Method
-from .tiling import infer_volume
+from .seeding import window_generators
+from .tiling import GeoOutput, PositionalWindowFn, TileReader, gdal_cache_cap, infer_volume, write_strips
 
 PathLike = str | os.PathLike
 
@@ -78,70 +82,115 @@ def pack(series: Series, sar_channels: int) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=1).reshape(-1, h, w).float(), c
 
 
-def predict_series(method: Method, series: Series, *, tile: int | Sequence[int] = 256, overlap: float = 0.25,
-                   batch: int = 4, sampler: str | None = None, steps: int | None = None,
-                   n_samples: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                   progress: bool = False) -> dict[str, np.ndarray]:
-    """Reflectance ``prediction`` and ``uncertainty`` (C, H, W) of a series, tiled (module notes)."""
+def _model_channels(method: Method, n_bands: int, where: Any) -> tuple[int, int]:
+    """(S2 bands C, S1 channels S) of a time-series ``method`` given ``n_bands`` S2 bands; refuses others."""
     spec = method.io_spec
     if not spec.extra.get("sequence"):
         raise ArgumentError("checkpoint", f"{type(method).__name__} is not a time-series method",
                             "use a SeqDM checkpoint (or infer this file without a series)")
-    if series.s2.shape[1] != spec.inputs[K.COND]:
-        raise DataError(series.name, f"{series.s2.shape[1]} S2 bands for a model trained on {spec.inputs[K.COND]}",
+    if n_bands != spec.inputs[K.COND]:
+        raise DataError(where, f"{n_bands} S2 bands for a model trained on {spec.inputs[K.COND]}",
                         "select the bands the model was trained with")
-    sar_c = int(spec.inputs.get(K.SAR, 0))
-    x, c = pack(series, sar_c)
-    t = series.s2.shape[0]
-    per = c + 1 + (sar_c + 1 if sar_c else 0)
-    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
-    method = method.to(device).eval()
+    return int(n_bands), int(spec.inputs.get(K.SAR, 0))
 
-    def window(w: torch.Tensor) -> dict[str, torch.Tensor]:
-        b, _, h, ww = w.shape
-        z = w.reshape(b, t, per, h, ww)
+
+def _window(method: Method, tile: int | Sequence[int], h: int, w: int) -> list[int]:
+    """The window (rows, cols): ``tile`` within the scene, a multiple of the method's ``size_multiple``."""
+    mult = int(method.io_spec.extra.get("size_multiple", 1))
+    roi = [int(tile)] * 2 if np.isscalar(tile) else [int(v) for v in tile]
+    return [max(mult, min(r, s) // mult * mult) for r, s in zip(roi, (h, w), strict=True)]
+
+
+def series_window_fn(method: Method, dates: int, c: int, sar_c: int, *, sampler: str | None = None,
+                     steps: int | None = None, n_samples: int | None = None, seed: int = 0,
+                     case: str = "series") -> PositionalWindowFn:
+    """The window function of a packed series (:func:`pack`): each window (B, T * (C + 1 + S + 1), h, w) is
+    unpacked into the method's sequence batch; its noise comes from a generator seeded by ``(seed, case, window
+    start)`` (:mod:`~medrs_diff.inference.seeding`), so the output does not depend on batching or on reading
+    the scene in memory or window by window."""
+    per = c + 1 + (sar_c + 1 if sar_c else 0)
+
+    def run(x: torch.Tensor, starts: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        b, _, h, w = x.shape
+        z = x.reshape(b, dates, per, h, w)
         bt = {K.COND: z[:, :, :c], K.CLOUD_MASK: z[:, :, c:c + 1]}
         if sar_c:
             bt[K.SAR] = z[:, :, c + 1:c + 1 + sar_c]
             bt[K.SAR_VALID] = z[:, :, -1].flatten(2).amax(2)
-        out = method.predict(bt, sampler=sampler, steps=steps, n_samples=n_samples, generator=gen)
+        out = method.predict(bt, sampler=sampler, steps=steps, n_samples=n_samples,
+                             generator=window_generators(seed, case, starts, x.device))
         return {"prediction": out["prediction"], "uncertainty": out["uncertainty"]}
 
-    mult = int(spec.extra.get("size_multiple", 1))
-    h, w = x.shape[1:]
-    roi = [int(tile)] * 2 if np.isscalar(tile) else [int(v) for v in tile]
-    roi = [max(mult, min(r, s) // mult * mult) for r, s in zip(roi, (h, w), strict=True)]
-    out = infer_volume(window, x, roi, overlap, batch=batch, device="cpu", sw_device=device, progress=progress)
+    return PositionalWindowFn(run)
+
+
+def to_reflectance(key: str, y: np.ndarray) -> np.ndarray:
+    """A blended output (C, ...) from model space to reflectance: ``prediction`` inverted and clipped to 0..1,
+    ``uncertainty`` (a std) scaled only."""
     rs = refl_scaling()
-    pred = rs.inverse(out["prediction"].float(), channel_axis=0).clamp(0, 1).numpy()
-    unc = (out["uncertainty"].float() * abs(rs.scale[0])).numpy()
-    return {"prediction": pred, "uncertainty": unc}
+    if key == "prediction":
+        return np.clip(rs.inverse(y, channel_axis=0), 0.0, 1.0)
+    return y * abs(rs.scale[0])
+
+
+def predict_series(method: Method, series: Series, *, tile: int | Sequence[int] = 256, overlap: float = 0.25,
+                   batch: int = 4, sampler: str | None = None, steps: int | None = None,
+                   n_samples: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                   progress: bool = False) -> dict[str, np.ndarray]:
+    """Reflectance ``prediction`` and ``uncertainty`` (C, H, W) of a series in memory, tiled (MONAI sliding
+    windows, gaussian blending); :func:`infer_series_files` streams files instead (same windows and seeds)."""
+    c, sar_c = _model_channels(method, series.s2.shape[1], series.name)
+    x, _ = pack(series, sar_c)
+    method = method.to(device).eval()
+    fn = series_window_fn(method, series.s2.shape[0], c, sar_c, sampler=sampler, steps=steps, n_samples=n_samples,
+                          seed=seed, case=series.name)
+    roi = _window(method, tile, *x.shape[1:])
+    out = infer_volume(fn, x, roi, overlap, batch=batch, device="cpu", sw_device=device, progress=progress)
+    return {k: to_reflectance(k, out[k].float().numpy()) for k in ("prediction", "uncertainty")}
 
 
 def infer_series_files(method: Method, source: PathLike, output: PathLike, *, bands: Sequence[str] = S2_L1C_BANDS,
-                       quantification: float = 1e4, **kwargs: Any) -> dict[str, Path]:
-    """Read the stack at ``source`` (manifest or folder), predict, write ``<output>/<first date>_clear.tif`` (DN)
-    and ``_uncertainty.tif`` (DN) on the S2 grid; returns ``{output key: path}``. ``kwargs`` go to
-    :func:`predict_series`."""
+                       quantification: float = 1e4, tile: int | Sequence[int] = 256, overlap: float = 0.25,
+                       batch: int = 4, sampler: str | None = None, steps: int | None = None,
+                       n_samples: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                       progress: bool | None = False) -> dict[str, Path]:
+    """Predict the stack at ``source`` (manifest or folder) and write ``<output>/<first date>_clear.tif`` (DN)
+    and ``_uncertainty.tif`` (DN) on the S2 grid; returns ``{output key: path}``.
+
+    Streamed: the files are checked up front (headers, then a bounded-memory scan of the values,
+    :func:`~medrs_diff.data.cloud.open_series`), then every window of every date is read, packed and
+    predicted as :func:`predict_series` does (same windows, gaussian blending, per-window seeds) and the
+    outputs are written strip by strip (:func:`~medrs_diff.inference.tiling.write_strips`): memory holds one
+    strip of windows, never the scene; both files appear only when the whole scene succeeded."""
     s2, s1, masks = read_stack(source)
-    series = read_series(s2, sar_paths=s1, mask_paths=masks, bands=bands, quantification=quantification)
-    if s1 is not None and len(S1_POLS) != int(method.io_spec.inputs.get(K.SAR, 0)):
+    c, sar_c = _model_channels(method, len(bands), s2[0])
+    if s1 is not None and len(S1_POLS) != sar_c:
         raise DataError(s1[0], "S1 given to a model trained without S1", "drop the s1 files")
     out_dir = Path(output)
     stem = Path(s2[0]).stem
     paths = {"prediction": out_dir / f"{stem}_clear.tif", "uncertainty": out_dir / f"{stem}_uncertainty.tif"}
-    inputs = {Path(p).resolve() for p in [*s2, *(s1 or []), *(masks or [])]}
-    for path in paths.values():  # before any compute
-        if path.resolve() in inputs:
-            raise DataError(path, "would overwrite an input", "choose another output folder")
-    outs = predict_series(method, series, **kwargs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for key, path in paths.items():
-        write_geotiff((outs[key] * quantification).astype(np.float32), path, crs=series.crs,
-                      transform=series.transform, band_names=list(bands), scaling=refl_scaling(),
-                      tags={"medrs_diff_units": f"reflectance x {quantification:g}", "medrs_diff_output": key},
-                      inputs=[*s2, *(s1 or []), *(masks or [])])
-    return paths
+    with gdal_cache_cap(), open_series(s2, sar_paths=s1, mask_paths=masks, bands=bands,
+                                        quantification=quantification) as files:
+        for path in paths.values():  # before any compute
+            check_output_path(path, files.inputs, create=False)
+        method = method.to(device).eval()
+        fn = series_window_fn(method, len(s2), c, sar_c, sampler=sampler, steps=steps, n_samples=n_samples,
+                              seed=seed, case=files.name)
+
+        def read(y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+            return pack(files.read(y0, x0, h, w), sar_c)[0].numpy(), np.ones((h, w), bool)
+
+        def plan(outs: Any) -> dict[str, GeoOutput]:
+            return {key: GeoOutput(path, "float32", band_names=list(bands), scaling=refl_scaling(),
+                                   tags={"medrs_diff_units": f"reflectance x {quantification:g}",
+                                         "medrs_diff_output": key},
+                                   strip=lambda y, k=key: to_reflectance(k, y) * quantification)
+                    for key, path in paths.items()}
+
+        reader = TileReader(read, files.height, files.width, files.crs, files.transform, files.inputs, files.name)
+        roi = _window(method, tile, files.height, files.width)
+        return write_strips(fn, reader, plan, (roi[0], roi[1]), overlap, "gaussian", batch, device=device,
+                            progress=progress)
 
 
 def checkpoint_bands(checkpoint: PathLike) -> list[str]:
@@ -165,4 +214,5 @@ def infer_series_checkpoint(predictor: Any, source: PathLike, output: PathLike, 
                               tile=list(size) * (2 // len(size)), **kwargs)
 
 
-__all__ = ["checkpoint_bands", "infer_series_checkpoint", "infer_series_files", "pack", "predict_series", "read_stack"]
+__all__ = ["checkpoint_bands", "infer_series_checkpoint", "infer_series_files", "pack", "predict_series", "read_stack",
+           "series_window_fn", "to_reflectance"]

@@ -11,8 +11,9 @@ the constant across tile borders.
 
 Three file paths: :func:`infer_nifti` (volumes in memory, reoriented to RAS for the model, MONAI
 ``sliding_window_inference``), :func:`infer_geotiff` (scenes larger than memory: windowed reads,
-strip-wise writes) and :func:`infer_image` (any other registered format, e.g. PNG / JPEG clinical
-images and ``.npy`` arrays, in memory). :func:`default_window` picks a window from the training patch
+strip-wise writes by :func:`write_strips`, which also streams several files, e.g. a time series) and
+:func:`infer_image` (any other registered format, e.g. PNG / JPEG clinical images and ``.npy`` arrays, in
+memory). :func:`default_window` picks a window from the training patch
 size so that time grows linearly with the image and memory per window stays flat.
 
 Label outputs (class indices, e.g. a segmenter's ``prediction``) are never averaged: with ``label_votes``
@@ -31,6 +32,8 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -858,6 +861,140 @@ def _shift_up(a: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([a[..., n:, :], np.zeros_like(a[..., :n, :])], axis=-2)
 
 
+@dataclass(frozen=True)
+class TileReader:
+    """A scene that :func:`write_strips` reads window by window: ``read(y0, x0, h, w)`` returns the model-space
+    input (C, h, w) float32 (0 where invalid) and its valid pixels (h, w) bool for the window at row ``y0``,
+    column ``x0``; ``height`` x ``width`` pixels on ``crs`` / ``transform``; ``inputs`` are the files read
+    (never overwritten); ``name`` labels the progress bar. One file (:func:`infer_geotiff`) or several
+    (a time series, :mod:`medrs_diff.inference.series`)."""
+
+    read: Callable[[int, int, int, int], tuple[np.ndarray, np.ndarray]]
+    height: int
+    width: int
+    crs: Any
+    transform: Any
+    inputs: Sequence[PathLike]
+    name: str
+
+
+@dataclass(frozen=True)
+class GeoOutput:
+    """How :func:`write_strips` writes one output: its ``path``, ``dtype``, ``nodata`` (written where no input
+    pixel was valid), ``count`` bands (None: the predictor's channels), ``band_names``, ``scaling`` record and
+    ``tags``; ``window`` maps each predicted window (B, C, h, w) before blending, ``strip`` the blended rows
+    (C, rows, width) float64 after it (e.g. decoding votes, clamping)."""
+
+    path: Path
+    dtype: Any = "float32"
+    nodata: float | None = None
+    count: int | None = None
+    band_names: Sequence[str | None] | None = None
+    scaling: Any = None
+    tags: Mapping[str, str] | None = None
+    window: Callable[[torch.Tensor], torch.Tensor] | None = None
+    strip: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+#: GDAL block cache (MiB) while :func:`write_strips` streams, unless GDAL_CACHEMAX is set: GDAL's default (5 % of
+#: the RAM) would otherwise fill with blocks of the scene's files and grow with the scene.
+STREAM_CACHE_MB = 256
+
+
+def gdal_cache_cap() -> Any:
+    """A rasterio Env capping GDAL's block cache at :data:`STREAM_CACHE_MB`, or a no-op where the user set it."""
+    if "GDAL_CACHEMAX" in os.environ or (rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()):
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB)
+
+
+#: ``outputs`` of :func:`write_strips`: the first batch's outputs ``{key: (B, C, h, w)}`` -> how to write each key.
+OutputPlan = Callable[[Mapping[str, torch.Tensor]], Mapping[str, GeoOutput]]
+
+
+def write_strips(predictor: WindowFn, reader: TileReader, outputs: OutputPlan, tile: int | tuple[int, int] = 256,
+                 overlap: float = 0.25, blend: str = "cosine", batch: int = 4, *, scale: int = 1, device: Any = None,
+                 progress: bool | None = None) -> dict[str, Path]:
+    """Blended overlapping tiles over a scene read window by window, written strip by strip.
+
+    Tiles of ``tile`` pixels overlapping by ``overlap`` (fraction) come from ``reader`` (padded by reflection
+    where the scene is smaller than a tile), run in batches of ``batch`` on ``device`` (a
+    :class:`PositionalWindowFn` gets each tile's start), are blended by ``blend`` weights and written by rows:
+    memory holds one strip of tile rows (C x tile x width per output), never the scene, and GDAL's block
+    cache is capped at :data:`STREAM_CACHE_MB` unless ``GDAL_CACHEMAX`` is set. With ``scale`` > 1
+    the predictor returns tiles ``scale`` times larger (super-resolution) and the outputs cover the same ground
+    with finer pixels. ``outputs`` decides each output's file and format from the first batch
+    (:class:`GeoOutput`); every file appears only when the whole scene succeeded. Returns ``{key: path}``.
+    """
+    th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    _check_overlap(overlap)
+    s = int(scale)
+    dev = _device_of(predictor, device)
+    H, W = reader.height, reader.width
+    out_transform = reader.transform * Affine.scale(1.0 / s) if s > 1 else reader.transform
+    sy, sx = max(1, round(th * (1 - overlap))), max(1, round(tw * (1 - overlap)))
+    ys, xs = _starts(H, th, sy), _starts(W, tw, sx)
+    hh, ww = min(th, H), min(tw, W)  # tile extent inside the scene (input pixels)
+    weight = blend_window((th * s, tw * s), blend).numpy()[: hh * s, : ww * s].astype(np.float64)
+    bar = tqdm(total=len(ys) * len(xs), desc=f"tiles {reader.name}", disable=not show_progress(progress))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(gdal_cache_cap())
+        acc: dict[str, np.ndarray] = {}  # weighted sums over the current strip, output pixels
+        wsum = np.zeros((hh * s, W * s), np.float64)
+        valid = np.zeros((hh, W), bool)  # input pixels of the strip holding data
+        dsts: dict[str, Any] = {}
+        plan: dict[str, GeoOutput] = {}
+        for r, y0 in enumerate(ys):
+            for b0 in range(0, len(xs), batch):
+                xb = xs[b0 : b0 + batch]
+                tiles = []
+                for x0 in xb:
+                    a, ok = reader.read(y0, x0, hh, ww)
+                    valid[:, x0 : x0 + ww] |= ok
+                    tiles.append(_pad_to(a, th, tw))
+                with torch.inference_mode():
+                    outs = _as_dict(_call(predictor, torch.from_numpy(np.stack(tiles)).to(dev),
+                                          [(y0, x0) for x0 in xb]))
+                if not dsts:
+                    plan = dict(outputs(outs))
+                    tmps = stack.enter_context(atomic_outputs([o.path for o in plan.values()], reader.inputs))
+                    for (key, o), tmp in zip(plan.items(), tmps, strict=True):
+                        y = outs[key]
+                        prof = geotiff_profile(H * s, W * s, y.shape[1] if o.count is None else o.count, o.dtype,
+                                               reader.crs, out_transform, o.nodata)
+                        dsts[key] = stack.enter_context(rasterio.open(tmp, "w", **prof))
+                        set_band_metadata(dsts[key], o.band_names, o.scaling, o.tags)
+                        acc[key] = np.zeros((y.shape[1], hh * s, W * s), np.float64)
+                for key, y in outs.items():
+                    if key not in acc or tuple(y.shape[-2:]) != (th * s, tw * s) or y.shape[0] != len(xb):
+                        raise ValueError(f"predictor output '{key}' has shape {tuple(y.shape)}; expected "
+                                         f"({len(xb)}, C, {th * s}, {tw * s}) (scale {s}), keys {list(acc)}")
+                    y = y.float()
+                    if plan[key].window is not None:
+                        y = plan[key].window(y)
+                    y = y.cpu().numpy()[:, :, : hh * s, : ww * s]
+                    for j, x0 in enumerate(xb):
+                        acc[key][:, :, x0 * s : (x0 + ww) * s] += y[j] * weight
+                for x0 in xb:
+                    wsum[:, x0 * s : (x0 + ww) * s] += weight
+                bar.update(len(xb))
+            # input rows above the next tile row are final: write them, then move the strip down
+            done = hh if r == len(ys) - 1 else ys[r + 1] - y0
+            ok_rows = np.repeat(np.repeat(valid[:done], s, axis=0), s, axis=1)
+            for key, dst in dsts.items():
+                o = plan[key]
+                vals = acc[key][:, : done * s] / wsum[None, : done * s]
+                if o.strip is not None:
+                    vals = o.strip(vals)
+                if o.nodata is not None:
+                    vals = np.where(ok_rows[None], vals, o.nodata)
+                dst.write(vals.astype(o.dtype), window=Window(0, y0 * s, W * s, done * s))
+                acc[key] = _shift_up(acc[key], done * s)
+            wsum, valid = _shift_up(wsum, done * s), _shift_up(valid, done)
+        bar.close()
+    return {key: o.path for key, o in plan.items()}
+
+
 def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, tile: int | tuple[int, int] = 256,
                   overlap: float = 0.25, blend: str = "cosine", batch: int = 4, *,
                   bands: Sequence[int] | None = None, expected_bands: int | None = None,
@@ -889,11 +1026,10 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
     :func:`geotiff_label_format` (uint8 with nodata 255, else int16 with -32768; nodata only where the
     float outputs have one), not ``out_dtype`` / ``out_nodata``.
     """
-    th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
     _check_overlap(overlap)
     if int(scale) != scale or scale < 1:
         raise ArgumentError(None, f"scale must be a positive integer, got {scale}", "pass 1, 2, 4, ...")
-    s = int(scale)
     check_nan_policy(nan_policy)
     for p in [out_path, *(extra_outputs or {}).values()]:
         check_output_path(p, [in_path])  # refuse before any work is done
@@ -915,78 +1051,36 @@ def infer_geotiff(predictor: WindowFn, in_path: PathLike, out_path: PathLike, ti
             out_nodata = nodata if nodata is not None else (float("nan") if floats else None)
         scale_in = _geo_scaling(in_scaling, src, idx)
         scale_out = _out_scaling(out_scaling, scale_in)
-        out_transform = src.transform * Affine.scale(1.0 / s) if s > 1 else src.transform
-        sy, sx = max(1, round(th * (1 - overlap))), max(1, round(tw * (1 - overlap)))
-        ys, xs = _starts(H, th, sy), _starts(W, tw, sx)
-        hh, ww = min(th, H), min(tw, W)  # tile extent inside the scene (input pixels)
-        weight = blend_window((th * s, tw * s), blend).numpy()[: hh * s, : ww * s].astype(np.float64)
         n_clip = np.zeros(2, np.int64)  # input values the scaling clips, finite input values
-        bar = tqdm(total=len(ys) * len(xs), desc=f"tiles {Path(in_path).name}", disable=not show_progress(progress))
-        with contextlib.ExitStack() as stack:
-            acc: dict[str, np.ndarray] = {}  # weighted sums over the current strip, output pixels
-            wsum = np.zeros((hh * s, W * s), np.float64)
-            valid = np.zeros((hh, W), bool)  # input pixels of the strip holding data
-            dsts: dict[str, Any] = {}
-            fmts: dict[str, tuple[Any, float | None]] = {}  # per output: dtype, nodata
-            mapped: set[str] = set()
-            for r, y0 in enumerate(ys):
-                for b0 in range(0, len(xs), batch):
-                    xb = xs[b0 : b0 + batch]
-                    tiles = []
-                    for x0 in xb:
-                        a = src.read(idx, window=Window(x0, y0, ww, hh)).astype(np.float32)
-                        if fill is not None:
-                            a = np.where(undeclared_nonfinite(a, nodata, per_band=True), fill, a)
-                        ok = valid_mask(a, nodata)
-                        valid[:, x0 : x0 + ww] |= ok
-                        n_clip = np.add(n_clip, clip_counts(scale_in, np.where(ok[None], a, np.nan)))
-                        a = scale_in.forward(np.where(ok[None], a, 0.0).astype(np.float32))
-                        tiles.append(_pad_to(np.where(ok[None], a, 0.0).astype(np.float32), th, tw))
-                    with torch.inference_mode():
-                        outs = _as_dict(_call(predictor, torch.from_numpy(np.stack(tiles)).to(dev),
-                                              [(y0, x0) for x0 in xb]))
-                    if not dsts:
-                        paths = _default_paths(Path(out_path), list(outs), extra_outputs)
-                        tmps = stack.enter_context(atomic_outputs(list(paths.values()), [in_path]))
-                        main = next(iter(paths))
-                        mapped = _not_voted(_mapped_keys(paths, data_space), votes, data_space)
-                        for key, tmp in zip(paths, tmps, strict=True):
-                            y = outs[key]
-                            fmts[key] = (geotiff_label_format(votes[key], out_nodata is not None) if key in votes
-                                         else (out_dtype, out_nodata))
-                            prof = geotiff_profile(H * s, W * s, 1 if key in votes else y.shape[1], fmts[key][0],
-                                                   src.crs, out_transform, fmts[key][1])
-                            dsts[key] = stack.enter_context(rasterio.open(tmp, "w", **prof))
-                            set_band_metadata(dsts[key], out_band_names if key == main else None,
-                                              scale_out if key in mapped else None,
-                                              {INPUT_SCALING_TAG: scale_in.to_json()})
-                            acc[key] = np.zeros((y.shape[1], hh * s, W * s), np.float64)
-                    for key, y in outs.items():
-                        if key not in acc or tuple(y.shape[-2:]) != (th * s, tw * s) or y.shape[0] != len(xb):
-                            raise ValueError(f"predictor output '{key}' has shape {tuple(y.shape)}; expected "
-                                             f"({len(xb)}, C, {th * s}, {tw * s}) (scale {s}), keys {list(acc)}")
-                        y = y.float()
-                        if scale_out is not None and key in mapped:
-                            y = scale_out.inverse(y, channel_axis=1)
-                        y = y.cpu().numpy()[:, :, : hh * s, : ww * s]
-                        for j, x0 in enumerate(xb):
-                            acc[key][:, :, x0 * s : (x0 + ww) * s] += y[j] * weight
-                    for x0 in xb:
-                        wsum[:, x0 * s : (x0 + ww) * s] += weight
-                    bar.update(len(xb))
-                # input rows above the next tile row are final: write them, then move the strip down
-                done = hh if r == len(ys) - 1 else ys[r + 1] - y0
-                ok_rows = np.repeat(np.repeat(valid[:done], s, axis=0), s, axis=1)
-                for key, dst in dsts.items():
-                    vals = acc[key][:, : done * s] / wsum[None, : done * s]
-                    if key in votes:
-                        vals = decode_votes(vals, votes[key], 0)
-                    dtype, nd = fmts[key]
-                    if nd is not None:
-                        vals = np.where(ok_rows[None], vals, nd)
-                    dst.write(vals.astype(dtype), window=Window(0, y0 * s, W * s, done * s))
-                    acc[key] = _shift_up(acc[key], done * s)
-                wsum, valid = _shift_up(wsum, done * s), _shift_up(valid, done)
-            bar.close()
+
+        def read(y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+            a = src.read(idx, window=Window(x0, y0, w, h)).astype(np.float32)
+            if fill is not None:
+                a = np.where(undeclared_nonfinite(a, nodata, per_band=True), fill, a)
+            ok = valid_mask(a, nodata)
+            n_clip[:] += clip_counts(scale_in, np.where(ok[None], a, np.nan))
+            a = scale_in.forward(np.where(ok[None], a, 0.0).astype(np.float32))
+            return np.where(ok[None], a, 0.0).astype(np.float32), ok
+
+        def plan(outs: Mapping[str, torch.Tensor]) -> dict[str, GeoOutput]:
+            paths = _default_paths(Path(out_path), list(outs), extra_outputs)
+            main = next(iter(paths))
+            mapped = _not_voted(_mapped_keys(paths, data_space), votes, data_space)
+            to_data = None if scale_out is None else (lambda y: scale_out.inverse(y, channel_axis=1))
+            plans = {}
+            for key, path in paths.items():
+                dtype, nd = (geotiff_label_format(votes[key], out_nodata is not None) if key in votes
+                             else (out_dtype, out_nodata))
+                plans[key] = GeoOutput(path, dtype, nd, count=1 if key in votes else None,
+                                       band_names=out_band_names if key == main else None,
+                                       scaling=scale_out if key in mapped else None,
+                                       tags={INPUT_SCALING_TAG: scale_in.to_json()},
+                                       window=to_data if key in mapped else None,
+                                       strip=partial(decode_votes, values=votes[key]) if key in votes else None)
+            return plans
+
+        reader = TileReader(read, H, W, src.crs, src.transform, [in_path], Path(in_path).name)
+        paths = write_strips(predictor, reader, plan, tile, overlap, blend, batch, scale=int(scale), device=dev,
+                             progress=progress)
     warn_clipped(in_path, scale_in, int(n_clip[0]), int(n_clip[1]))  # overlapping tiles count alike
     return paths

@@ -94,7 +94,8 @@ def check_bands(path: PathLike, count: int, bands: Sequence[int] | None,
     return idx
 
 
-def _georeferenced(src: rasterio.DatasetReader) -> bool:
+def is_georeferenced(src: rasterio.DatasetReader) -> bool:
+    """True when an open raster has a CRS, a non-identity transform or GCPs."""
     return src.crs is not None or src.transform != Affine.identity() or bool(src.gcps[0])
 
 
@@ -108,7 +109,7 @@ def read_geotiff(path: PathLike, bands: Sequence[int] | None = None, window: Win
         except rasterio.errors.RasterioError as exc:
             raise DataError(path, f"pixel data cannot be read ({exc})", "the file is truncated or corrupt") from exc
         transform = src.window_transform(window) if window is not None else src.transform
-        georef = _georeferenced(src)
+        georef = is_georeferenced(src)
         tags = dict(src.tags())
         extra: dict[str, Any] = {"tags": tags, "count": src.count, "dtype": src.dtypes[0]}
         if not georef:
@@ -233,7 +234,7 @@ def write_geotiff(data: Any, out_path: PathLike, *, crs: Any = None, transform: 
                 raise DataError(reference, f"reference is {ref.height}x{ref.width} but data is "
                                 f"{arr.shape[1]}x{arr.shape[2]}", "write data on the reference grid")
             crs = ref.crs if crs is None else crs
-            if transform is None and _georeferenced(ref):
+            if transform is None and is_georeferenced(ref):
                 transform = ref.transform
             nodata = ref.nodata if nodata is None else nodata
             if band_names is None and ref.count == arr.shape[0]:
