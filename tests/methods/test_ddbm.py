@@ -93,7 +93,7 @@ FIT = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--train
        "--data.init_args.phantoms", "3", "--data.init_args.samples_per_epoch", "4"]
 
 
-def test_fit_checkpoint_and_infer_a_geotiff_in_target_units(tmp_path):
+def test_fit_checkpoint_and_infer_a_geotiff_in_target_units(tmp_path, capsys):
     assert main(["fit", "--config", "ddbm_sar2opt_bigearthnet_phantom", "--trainer.default_root_dir",
                  str(tmp_path / "run"), *FIT]) == 0
     (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
@@ -115,6 +115,9 @@ def test_fit_checkpoint_and_infer_a_geotiff_in_target_units(tmp_path):
     arr = p.predict_array(s1, steps=2, n_samples=2, seed=1, case="s1.tif", tile=40)
     np.testing.assert_allclose(arr["prediction"], out.data, atol=1e-2)  # the file: model output in DN
     write_geotiff(s1[:1], tmp_path / "vv.tif", crs="EPSG:32633", transform=transform)
+    capsys.readouterr()
     assert main(["infer", "--checkpoint", str(ckpt), "--input", str(tmp_path / "vv.tif"), "--output",
                  str(tmp_path / "bad.tif"), "--steps", "2", "--device", "cpu", "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vv.tif" in err[0] and "2" in err[0], err  # VV alone: the model takes VV and VH
     assert not (tmp_path / "bad.tif").exists()
