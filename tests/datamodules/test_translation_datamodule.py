@@ -154,3 +154,13 @@ def test_real_bigearthnet_and_triplets(shared_data):
     cl.setup()
     assert cl.scene_names[2] == "triplet_5254" and cl.val_dataset.scenes[1][0] == "triplet_6317"
     assert next(iter(cl.val_dataloader()))["cond"].shape[1:] == (6, 128, 128)
+
+
+def test_named_input_scalings_for_infer():
+    """``s1_db`` and ``s1_db_s2_dn`` (what the checkpoints record for infer) by hand: VV -25..0, VH -32.5..0 dB and
+    DN 0..1e4 onto [-1, 1]; the stacked one reads its S2 band count from the data and refuses a stack without S2."""
+    x = np.array([-25.0, -32.5, 1e4, 0.0, 5e3], np.float32).reshape(5, 1, 1)
+    np.testing.assert_allclose(resolve("s1_db_s2_dn", x).forward(x).ravel(), [-1, -1, 1, -1, 0], atol=1e-6)
+    np.testing.assert_allclose(resolve("s1_db").forward(x[:2] + 12.5).ravel(), [0, -3.75 / 16.25], atol=1e-5)
+    with pytest.raises(DataError, match="s1_db_s2_dn"):
+        resolve("s1_db_s2_dn", x[:2])

@@ -79,6 +79,13 @@ def test_ensemble_seeding_endpoints_and_refusals():
         m.predict({"cond": cond[:, :4]})
     with pytest.raises(ArgumentError, match="steps"):
         m.predict({"cond": cond}, steps=0)
+    # the paper's defaults: VP beta_d 2, beta_min 0.1 on (1e-4, 1]; VE sigma in (0.002, 80]; sigma_data 0.5, 40 steps
+    vp, ve = DDBM(**TINY), DDBM(bridge="ve", **TINY)
+    assert (vp.process.t_min, vp.process.t_max, vp.process.beta_d, vp.process.beta_min) == (1e-4, 1.0, 2.0, 0.1)
+    assert (ve.process.t_min, ve.process.t_max, ve.precond.sigma_data) == (0.002, 80.0, 0.5)
+    assert (vp.sampling_steps, vp.churn_step_ratio, vp.guidance) == (40, 0.33, 1.0)
+    out = ve.eval().predict({"cond": cond[:, :2]}, steps=2, generator=torch.Generator().manual_seed(0))
+    assert out["prediction"].shape == (2, 4, 16, 16) and bool(torch.isfinite(out["prediction"]).all())
     for kw, what in ((dict(bridge="vx"), "bridge"), (dict(endpoint="select", endpoint_channels=[0, 1]), "endpoint"),
                      (dict(churn_step_ratio=1.0), "churn"), (dict(sigma_min=2.0, bridge="vp"), "sigma"),
                      (dict(endpoint_channels=[0, 1, 0, 1]), "endpoint_channels")):
