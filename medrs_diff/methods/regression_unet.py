@@ -81,7 +81,8 @@ class RegressionUNet(Method):
         self.check_input(x, "input image")
         y = batch.get(self.target_key)
         if y is not None and tuple(y.shape) != (x.shape[0], self.out_channels, *x.shape[2:]):
-            raise DataError("batch", f"target {tuple(y.shape)} and input {tuple(x.shape)} differ in shape",
+            raise DataError("batch", f"target {tuple(y.shape)} does not match input {tuple(x.shape)} with "
+                            f"{self.out_channels} output channel(s)",
                             "pair each input with its target on the same grid")
         return x, y
 

@@ -128,3 +128,20 @@ def test_fit_checkpoint_and_infer_a_geotiff_in_target_units(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vv.tif" in err[0] and "2" in err[0], err  # VV alone: the model takes VV and VH
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_regression_baseline_with_other_output_channels():
+    """The table's baseline: RegressionUNet with 4 outputs from 6 inputs adds the named input channels."""
+    from medrs_diff.methods import RegressionUNet
+
+    m = RegressionUNet(in_channels=6, out_channels=4, channels=(8, 16), num_res_units=1, skip_channels=[2, 3, 4, 5])
+    for p in m.net.parameters():
+        torch.nn.init.zeros_(p)
+    cond = torch.rand(2, 6, 16, 16) * 2 - 1
+    assert torch.equal(m.predict({"cond": cond})["prediction"], cond[:, 2:6])
+    plain = RegressionUNet(in_channels=2, out_channels=4, channels=(8, 16), num_res_units=1, residual=False)
+    assert plain.predict({"cond": cond[:, :2]})["prediction"].shape == (2, 4, 16, 16)
+    with pytest.raises(ArgumentError, match="skip_channels"):
+        RegressionUNet(in_channels=2, out_channels=4)  # residual needs one input channel per output
+    with pytest.raises(DataError, match="target"):
+        plain.loss({"cond": cond[:, :2], "image": cond[:, :2]})
