@@ -145,3 +145,20 @@ def test_regression_baseline_with_other_output_channels():
         RegressionUNet(in_channels=2, out_channels=4)  # residual needs one input channel per output
     with pytest.raises(DataError, match="target"):
         plain.loss({"cond": cond[:, :2], "image": cond[:, :2]})
+
+
+def test_cloud_checkpoint_infers_an_s1_plus_s2_stack(tmp_path):
+    """The cloud model reads [VV, VH dB, cloudy B04 B03 B02 B08 DN] (the data-dependent ``s1_db_s2_dn`` scaling) and
+    writes clear DN; the bridge starts at the cloudy bands, so an untrained model stays near them."""
+    assert main(["fit", "--config", "ddbm_cloud_sen12mscr_phantom", "--trainer.default_root_dir",
+                 str(tmp_path / "run"), *FIT]) == 0
+    (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
+    rng = np.random.default_rng(1)
+    stack = np.concatenate([rng.uniform(-20, -5, (2, 32, 32)), rng.uniform(500, 3000, (4, 32, 32))]).astype(np.float32)
+    write_geotiff(stack, tmp_path / "stack.tif", crs="EPSG:32633", transform=from_origin(0, 320, 10, 10))
+    assert main(["infer", "--checkpoint", str(ckpt), "--input", str(tmp_path / "stack.tif"), "--output",
+                 str(tmp_path / "clear.tif"), "--steps", "2", "--device", "cpu", "--no-progress", "--tile", "32"]) == 0
+    out = read_geotiff(tmp_path / "clear.tif")
+    assert out.data.shape == (4, 32, 32) and str(out.geometry.crs) == "EPSG:32633"
+    assert Predictor.from_checkpoint(ckpt).scaling == "s1_db_s2_dn"
+    assert 0 <= out.data.min() and out.data.max() <= 1e4 and 300 < float(np.median(out.data)) < 5000  # DN
