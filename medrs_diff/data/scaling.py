@@ -203,6 +203,25 @@ def minmax(x: Array, mask: Array | None = None) -> Scaling:
     return linear(lo, hi if hi > lo else lo + 1.0, kind="minmax")
 
 
+#: Sentinel-1 dB clipping ranges (VV, VH) of SEN12MS-CR / DSen2-CR (also :data:`medrs_diff.data.cloud.S1_DB_RANGE`).
+S1_DB_LO, S1_DB_HI = (-25.0, -32.5), (0.0, 0.0)
+
+
+def s1_decibel() -> Scaling:
+    """Sentinel-1 VV, VH in dB: VV -25..0 and VH -32.5..0 onto [-1, 1] (two channels, clipped)."""
+    return linear(S1_DB_LO, S1_DB_HI, kind="db")
+
+
+def s1_db_s2_dn(x: Array | None) -> Scaling:
+    """A stack of S1 VV, VH in dB (channels 0-1, :func:`s1_decibel`) and S2 reflectance x 1e4 (the other
+    channels, 0..1e4 onto [-1, 1]), channel-first; the channel count is read from ``x``."""
+    if x is None or np.ndim(x) < 1 or x.shape[0] < 3:
+        raise DataError(None, "scaling 's1_db_s2_dn' needs a channel-first stack of VV, VH and >= 1 S2 band",
+                        "give the S1 dB bands first, then the S2 DN bands")
+    n = int(x.shape[0]) - 2
+    return linear((*S1_DB_LO, *([0.0] * n)), (*S1_DB_HI, *([1e4] * n)), kind="linear")
+
+
 ScalingSpec = Scaling | str | Callable[[Array], Scaling] | None
 
 _NAMED: dict[str, Callable[[Array], Scaling]] = {
@@ -217,6 +236,8 @@ _NAMED: dict[str, Callable[[Array], Scaling]] = {
     "dn8": lambda x: digital_number(8),
     "dn16": lambda x: digital_number(16),
     "db": lambda x: decibel(),
+    "s1_db": lambda x: s1_decibel(),
+    "s1_db_s2_dn": lambda x: s1_db_s2_dn(x),
     "none": lambda x: identity(),
 }
 #: The scaling names :func:`resolve` takes (besides ``"pet:<max>"``).

@@ -20,11 +20,13 @@ from .nifti import NiftiSegmentationDataModule
 from .nowcast import NowcastDataModule
 from .pet import PETDoseDataModule
 from .speckle import SpeckleDataModule
+from .translation import CloudPairDataModule, Sar2OptDataModule
 
 __all__ = [
     "BlindSRDataModule",
     "BrainAnomalyDataModule",
     "Clinical2DSegmentationDataModule",
+    "CloudPairDataModule",
     "CloudSeriesDataModule",
     "DictDataModule",
     "GeoTiffSRDataModule",
@@ -36,6 +38,7 @@ __all__ = [
     "PETDoseDataModule",
     "ResumableDataLoader",
     "ResumableSampler",
+    "Sar2OptDataModule",
     "SpeckleDataModule",
     "seed_worker",
     "split_train_val",

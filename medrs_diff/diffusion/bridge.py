@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .generators import GeneratorLike, randn_like
+from .generators import GeneratorLike, generator_device, randn_like
 from .process import check_spatial
 
 BridgeKind = Literal["ve", "vp"]
@@ -176,7 +176,9 @@ class BridgeLoss:
                              "a bridge needs both ends in one space (project or resize y first)")
         p = self.precond.process
         if t is None:
-            u = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64).to(x0.device)
+            # drawn where the generator lives (a CUDA generator in GPU training), then moved to x0's device
+            u = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64,
+                           device=generator_device(generator)).to(x0.device)
             t = p.t_min + (p.t_max * (1 - 1e-4) - p.t_min) * u
         if noise is None:
             noise = randn_like(x0, generator)

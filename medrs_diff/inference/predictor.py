@@ -208,6 +208,9 @@ class Predictor:
     layout: str = "flat"
     slice_wise: bool = False
     label_values: tuple[float, ...] | None = None
+    #: the scaling of the outputs when it differs from the input's (a translation: S1 dB in, S2 DN out); None:
+    #: ``data_space`` outputs go back through the input's scaling
+    target_scaling: ScalingSpec = None
 
     def __post_init__(self) -> None:
         where = str(self.checkpoint) if self.checkpoint is not None else "Predictor"
@@ -273,20 +276,22 @@ class Predictor:
                                checkpoint=Path(path), modalities=mods,
                                layout=(data.get("layout") or "flat") if mods is not None else "flat",
                                slice_wise=bool(data.get("slices", False)) and method.io_spec.spatial_dims == 2,
-                               label_values=checkpoint_label_values(data, data_config.get("class_path")))
+                               label_values=checkpoint_label_values(data, data_config.get("class_path")),
+                               target_scaling=data.get("target_scaling"))
 
     @classmethod
     def from_method(cls, method: Method, *, scaling: ScalingSpec = None,
                     patch_size: int | Sequence[int] | None = None, device: str | torch.device = "cpu",
                     checkpoint: Path | None = None, modalities: Sequence[str] | None = None, layout: str = "flat",
-                    slice_wise: bool = False, label_values: Sequence[float] | None = None) -> Predictor:
+                    slice_wise: bool = False, label_values: Sequence[float] | None = None,
+                    target_scaling: ScalingSpec = None) -> Predictor:
         """Wrap a method built in Python (moved to ``device``, eval mode); ``modalities``, ``layout``,
-        ``slice_wise`` and ``label_values`` as the class describes."""
+        ``slice_wise``, ``label_values`` and ``target_scaling`` as the class describes."""
         dev = check_device(device)
         patch = tuple(patch_size) if isinstance(patch_size, Sequence) else patch_size
         mods = tuple(modalities) if modalities is not None else None
         return cls(method.to(dev).eval(), method.io_spec, dev, scaling, patch, checkpoint, mods, layout, slice_wise,
-                   label_values)
+                   label_values, target_scaling)
 
     def _slice_wise(self, value: bool | None, name: str = "slice_wise") -> bool:
         """``value`` (None: :attr:`slice_wise`), refused unless a bool, and for a 3-D model."""
@@ -408,7 +413,7 @@ class Predictor:
         for k in self.io_spec.outputs:
             y = outs[k].float()
             if k in self.io_spec.data_space and k not in votes:
-                y = scaling.inverse(y)
+                y = (resolve(self.target_scaling) if self.target_scaling is not None else scaling).inverse(y)
             result[k] = y.cpu().numpy()
         labels = [k for k in self._label_outputs() if k in result]
         if nan_policy == "mask":
@@ -638,7 +643,8 @@ class Predictor:
                       batch: int, progress: bool | None, nan_policy: str = "error",
                       slice_wise: bool = False) -> dict[str, Path]:
         spec = self.io_spec
-        restore = "input" if spec.data_space else None
+        restore = (resolve(self.target_scaling) if self.target_scaling is not None else "input") \
+            if spec.data_space else None
         case = src if isinstance(src, ModalityCase) else None
         kind = "nifti" if case is not None else io.format_for(src).name
         if kind in ("nifti", "geotiff") and io.format_for(dst).name != kind:

@@ -8,6 +8,7 @@ from .baselines import RegressionSR, SMPUNet
 from .bcdpm import BCDPM
 from .blindsrsnf import BlindSRSNF
 from .cloud_baselines import CloudRegressionUNet
+from .ddbm import DDBM
 from .ddfm import DDFM
 from .diffae import DiffAE
 from .eiddpm import EIDDPM
@@ -51,6 +52,7 @@ METHODS: dict[str, type[Method]] = {
     "diffae": DiffAE,
     "autoencoder_kl": AutoencoderKLMethod,
     "latent_ddpm": LatentDDPM,
+    "ddbm": DDBM,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

@@ -1,7 +1,8 @@
 """UNet regression baseline for paired image restoration (low-dose -> full-dose PET): the same pairs, the
 same data module and the same number of steps as the diffusion method it is compared with.
 
-``prediction = cond + UNet(cond)`` (residual learning, the usual CNN denoiser form), trained with L1
+``prediction = cond + UNet(cond)`` (residual learning, the usual CNN denoiser form; with ``out_channels`` other
+than the input's, ``skip_channels`` names the input channels added, or ``residual: false``), trained with L1
 (``loss="l1"``) or L2 (``"l2"``) on ``image``; the net is MONAI's
 :class:`monai.networks.nets.UNet` (strided convolutions, residual units). Deterministic: ``predict``
 ignores the sampler arguments and returns a zero ``uncertainty``.
@@ -37,6 +38,8 @@ class RegressionUNet(Method):
         num_res_units: int = 2,
         loss: str = "l1",
         residual: bool = True,
+        out_channels: int | None = None,
+        skip_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         from monai.networks.nets import UNet
@@ -45,9 +48,19 @@ class RegressionUNet(Method):
             raise ArgumentError("loss", f"unknown loss {loss!r}", "use 'l1' or 'l2'")
         if len(channels) < 2:
             raise ArgumentError("channels", f"needs at least 2 levels, got {list(channels)}", "use e.g. [32, 64, 128]")
-        self.in_channels = self.out_channels = in_channels
+        out = in_channels if out_channels is None else int(out_channels)
+        skip = None
+        if residual:
+            skip = list(range(in_channels)) if skip_channels is None else [int(c) for c in skip_channels]
+            if len(skip) != out or any(not 0 <= c < in_channels for c in skip):
+                raise ArgumentError("skip_channels", f"residual learning adds input channels {skip} to {out} output "
+                                    f"channel(s) of a {in_channels}-channel input",
+                                    "list one input channel per output channel, or set residual: false")
+        elif skip_channels is not None:
+            raise ArgumentError("skip_channels", "applies with residual: true only", "drop it, or set residual: true")
+        self.in_channels, self.out_channels, self.skip_channels = in_channels, out, skip
         self.spatial_dims = spatial_dims
-        self.net = UNet(spatial_dims, in_channels, in_channels, tuple(channels), (2,) * (len(channels) - 1),
+        self.net = UNet(spatial_dims, in_channels, out, tuple(channels), (2,) * (len(channels) - 1),
                         num_res_units=num_res_units)
         self.loss_type, self.residual = loss, residual
 
@@ -60,15 +73,16 @@ class RegressionUNet(Method):
 
     def forward(self, cond: Tensor) -> Tensor:
         out = self.net(cond)
-        return cond + out if self.residual else out
+        return cond[:, self.skip_channels] + out if self.skip_channels is not None else out
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         x = batch[self.input_key]
         check_spatial(x, "input image")
         self.check_input(x, "input image")
         y = batch.get(self.target_key)
-        if y is not None and y.shape != x.shape:
-            raise DataError("batch", f"target {tuple(y.shape)} and input {tuple(x.shape)} differ in shape",
+        if y is not None and tuple(y.shape) != (x.shape[0], self.out_channels, *x.shape[2:]):
+            raise DataError("batch", f"target {tuple(y.shape)} does not match input {tuple(x.shape)} with "
+                            f"{self.out_channels} output channel(s)",
                             "pair each input with its target on the same grid")
         return x, y
 
