@@ -78,11 +78,14 @@ def rddm_restore(
     generator: GeneratorLike,
 ) -> Tensor:
     """``I_0`` from RDDM's sampler started at ``I_in + betabar_T eps``, clipped to [-1, 1] (model space), with
-    ``steps`` (null: :data:`RDDM_DEFAULT_STEPS`) and the ``eta`` of ``sampler``."""
+    ``steps`` (null: :data:`RDDM_DEFAULT_STEPS`) and the ``eta`` of ``sampler``. Trailing spacing, as the
+    official code's ``linspace(-1, T - 1, steps + 1)``: the first step is always at T (where ``abar = 1``, so
+    the start is the input plus noise) and the last jumps to I_0 from index T / steps - 1 (linspace spacing
+    would spend the last call at index 0 and, for one step, start at index 0, i.e. return about the input)."""
     eta = rddm_eta(sampler)
     n = RDDM_DEFAULT_STEPS if steps is None else steps
     check_rddm_steps(n, schedule)
-    return rddm_sample(denoise, x_in, schedule, steps=min(int(n), len(schedule)), eta=eta,
+    return rddm_sample(denoise, x_in, schedule, steps=int(n), spacing="trailing", eta=eta,
                        objective="res_noise", clip=True, generator=generator)
 
 
