@@ -151,3 +151,34 @@ def test_sizes_off_the_multiple_are_refused_before_compute():
         m.predict({"label": torch.zeros(1, 1, 20, 20)}, steps=2)
     with pytest.raises(DataError, match="multiple of 8"):
         m.loss({"label": torch.zeros(1, 1, 12, 12)})
+
+
+def test_latent_ddpm_pyramid_trains_and_samples_latents_coarse_to_fine():
+    """latent_ddpm's ``pyramid``: the UNet gains 3 channels, the loss sees latents at the drawn scale (the
+    autoencoder downsamples 2x: 32 px images -> 16 px latents -> 8 px at 1/2), sampling visits 8 then 16 px
+    latents and decodes 32 px images; the size multiple is the autoencoder's 2 x the net's 2 / the scale 1/2."""
+    from medrs_diff.methods import LatentDDPM
+
+    ae = dict(channels=(8, 8), attention_levels=(False, False), latent_channels=2, norm_num_groups=4)
+    unet = dict(channels=(8, 16), attention_levels=(False, False), num_head_channels=8, norm_num_groups=4,
+                timesteps=50)
+    torch.manual_seed(0)
+    m = LatentDDPM(autoencoder_config=ae, scale_factor=1.0, pyramid={"scales": [0.5, 1.0], "t_starts": [25]}, **unet)
+    assert LatentDDPM(autoencoder_config=ae, scale_factor=1.0, **unet).size_multiple == 4 and m.size_multiple == 8
+    real = m.unet
+    m.unet = Recorder(lambda x, t: real(x, t), size_multiple=real.size_multiple)
+    g = torch.Generator().manual_seed(0)
+    sizes = set()
+    for _ in range(6):
+        loss, logs = m.train().loss({"image": torch.rand(2, 1, 32, 32) * 2 - 1}, generator=g)
+        x, _ = m.unet.seen[-1]
+        assert x.shape[1] == 2 + 3 and x.shape[-1] == round(16 * float(logs["scale"]))
+        sizes.add(x.shape[-1])
+    assert sizes == {8, 16} and torch.isfinite(loss)
+    m.unet.seen.clear()
+    out = m.eval().predict({"image": torch.zeros(2, 1, 32, 32)}, sampler="ddim", steps=3,
+                           generator=torch.Generator().manual_seed(0))
+    assert [x.shape[-1] for x, _ in m.unet.seen] == [8] * 3 + [16] * 3
+    assert out["prediction"].shape == (2, 1, 32, 32) and torch.isfinite(out["prediction"]).all()
+    with pytest.raises(ArgumentError, match="^pyramid.t_starts: "):
+        LatentDDPM(autoencoder_config=ae, pyramid={"scales": [0.5, 1.0], "t_starts": [50]}, **unet)
