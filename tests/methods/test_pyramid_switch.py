@@ -182,3 +182,56 @@ def test_latent_ddpm_pyramid_trains_and_samples_latents_coarse_to_fine():
     assert out["prediction"].shape == (2, 1, 32, 32) and torch.isfinite(out["prediction"]).all()
     with pytest.raises(ArgumentError, match="^pyramid.t_starts: "):
         LatentDDPM(autoencoder_config=ae, pyramid={"scales": [0.5, 1.0], "t_starts": [50]}, **unet)
+
+
+@pytest.mark.slow
+def test_pyramid_mask_model_learns_the_vessel_density_and_the_fov():
+    """600 steps on 48 vessel-tree phantoms of 16 x 16 (scales 1/4, 1/2, 1; MONAI net (16, 32, 32)), then 16 draws
+    coarse to fine (ancestral, 50 steps per scale): the vessel fraction inside the FOV lies within 35 % of the
+    training masks', the raw draws leave the outside of the FOV empty (<= 10 % vessel pixels; an untrained net draws
+    about half) and the masks are trees (largest 8-connected component >= 70 % of the vessel pixels). Measured,
+    this 2-core CPU, shared: fraction 0.277 / 0.281 vs 0.354 (seeds 0 / 1), outside 0.021, trees 0.89 / 0.97,
+    about 35 s; with the coordinate channels zeroed the same numbers hold (0.298, 0.028, 0.96): on these phantoms
+    the UNet finds the FOV from its padding (see /work/notes/rddmpyr.md)."""
+    import copy
+
+    import numpy as np
+    from skimage.measure import label as cc_label
+
+    from medrs_diff.data.retina_phantoms import retina_case
+
+    size, n_train, n_draw = 16, 48, 16
+    cases = [retina_case(i, (size, size), width=2.5) for i in range(n_train)]
+    data = {"label": torch.tensor(np.stack([c.vessels for c in cases]))[:, None].float(),
+            "fov": torch.tensor(np.stack([c.fov for c in cases]))[:, None].float()}
+    torch.manual_seed(0)
+    m = RetinalMaskDDPM(net="monai", channels=(16, 32, 32), attention_levels=(False, False, False), num_res_blocks=1,
+                        num_head_channels=8, norm_num_groups=8, timesteps=1000,
+                        pyramid={"scales": [0.25, 0.5, 1.0], "t_starts": [500, 500]})
+    assert m.size_multiple == 16
+    g = torch.Generator().manual_seed(0)
+    ema = copy.deepcopy(m)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    for _ in range(600):
+        idx = torch.randint(0, n_train, (8,), generator=g)
+        loss, _ = m.loss({k: v[idx] for k, v in data.items()}, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), m.parameters(), strict=True):
+                pe.lerp_(pm, 0.02)
+    ema.eval()
+    raw = ema._draw((n_draw, 1, size, size), 1, "ddpm", 50, SampleGenerators.from_seeds(range(n_draw)), False,
+                    torch.device("cpu"))[:, 0, 0].numpy() > 0
+    fov = data["fov"][0, 0].numpy() > 0.5
+    want = data["label"][:, 0].numpy()[:, fov].mean()
+    got, outside = raw[:, fov].mean(), raw[:, ~fov].mean()
+    masks = raw & fov
+    largest = [np.bincount(cc_label(k, connectivity=2).ravel())[1:].max() / k.sum() if k.any() else 0.0
+               for k in masks]
+    print(f"pyramid mask DDPM: vessel fraction {got:.3f} (training {want:.3f}), outside the FOV {outside:.3f}, "
+          f"largest component {np.mean(largest):.2f}")
+    assert abs(got - want) <= 0.35 * want
+    assert outside <= 0.10
+    assert np.mean(largest) >= 0.7
