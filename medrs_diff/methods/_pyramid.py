@@ -6,8 +6,9 @@ positions in [-1, 1] and the scale; :mod:`medrs_diff.diffusion.pyramid`), is tra
 area-downsampled to a random scale of ``scales`` (:class:`~medrs_diff.diffusion.pyramid.PyramidLoss`) and samples
 coarse to fine (:func:`~medrs_diff.diffusion.pyramid.pyramid_sample`): the chain runs from noise at the coarsest
 scale, the result is upsampled, re-noised to ``t_starts[k]`` and the chain continues at the next scale, up to
-full size. ``scales`` must increase strictly and end at 1.0; ``t_starts`` holds one training timestep per finer
-scale. Image sizes must be multiples of :func:`size_multiple` (every scale's size an integer the net can take).
+full size. ``scales`` (default [0.25, 0.5, 1.0]) must increase strictly and end at 1.0; ``t_starts`` (required)
+holds one training timestep per finer scale. Image sizes must be multiples of :func:`size_multiple` (every
+scale's size an integer the net can take).
 """
 
 from __future__ import annotations
