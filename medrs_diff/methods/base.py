@@ -314,6 +314,14 @@ class DiffusionPair(NamedTuple):
     options: Mapping[str, Any] | None = None
 
 
+def no_diffusion_pair(method: Method, switch: str) -> ArgumentError:
+    """The refusal of :meth:`DiffusionMethod.diffusion_pair` for a recipe switch whose chain is not a plain DDPM one."""
+    return ArgumentError(
+        f"method {method.name}", f"with {switch} the chain is not a plain DDPM chain, so no BDDM schedule or step mask "
+        "can be fitted to it", f"fit learned schedules on the method without {switch}",
+    )
+
+
 class DiffusionMethod(Method):
     """A method whose prediction is drawn by a diffusion sampler from :data:`SAMPLERS`.
 

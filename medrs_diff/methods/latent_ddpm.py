@@ -17,6 +17,10 @@ method's state dict. ``autoencoder: null`` with no ``autoencoder_config`` builds
 ``predict`` draws latents with any engine sampler and decodes them: ``prediction`` has the shape of the
 batch's ``image`` (which gives only the shape; each element is an independent unconditional draw, the first
 of ``n_samples``; all are in ``samples``, (B, n, C, ...)).
+
+``pyramid`` (null = off, the default): Pyramidal DDPM in latent space (Ryu & Ye 2022, :mod:`._pyramid`), e.g.
+``{scales: [0.5, 1.0], t_starts: [500]}``: the UNet also sees coordinate and scale channels, trains on latents
+area-downsampled to a random scale and samples latents coarse to fine before decoding them at full size.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from ..diffusion.process import DiffusionLoss, check_spatial
 from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, CheckpointError, DataError
 from ..nets.unet import ConditionedUNet
+from ._pyramid import check_pyramid, extra_channels, pyramid_draw, pyramid_loss
+from ._pyramid import size_multiple as pyramid_size_multiple
 from ._sampling import sample_n
 from .autoencoder_kl import AutoencoderKLMethod
-from .base import DiffusionMethod, DiffusionPair, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler, no_diffusion_pair
 
 _AE_FIX = "pass the last.ckpt of a `medrs-diff fit --config autoencoder_kl_phantom2d` (or other autoencoder_kl) run"
 
@@ -97,11 +103,13 @@ class LatentDDPM(DiffusionMethod):
         schedule: str = "linear",
         sampler: str = "ddim",
         sampling_steps: int | None = 50,
+        pyramid: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_sampler(sampler)
         if timesteps < 1:
             raise ArgumentError("timesteps", f"must be >= 1, got {timesteps}", "use the paper's 1000")
+        self.pyramid = check_pyramid(pyramid, timesteps)
         if scale_factor is not None and not (isinstance(scale_factor, int | float)
                                              and 0.0 < float(scale_factor) < float("inf")):
             raise ArgumentError("scale_factor", f"must be a finite number > 0 or null, got {scale_factor!r}",
@@ -122,7 +130,8 @@ class LatentDDPM(DiffusionMethod):
         self.in_channels = self.out_channels = self.ae.in_channels
         self.spatial_dims = self.ae.spatial_dims
         c = self.ae.latent_channels
-        self.unet = ConditionedUNet(self.spatial_dims, c, c, channels, attention_levels, num_res_blocks,
+        extra = extra_channels(self.pyramid, self.spatial_dims)  # coordinate + scale channels under the pyramid
+        self.unet = ConditionedUNet(self.spatial_dims, c + extra, c, channels, attention_levels, num_res_blocks,
                                     num_head_channels, norm_num_groups)
         self.schedule = make_schedule(schedule, timesteps)
         self.objective = DiffusionLoss(self.schedule, prediction_type="eps", loss_type="mse")
@@ -137,7 +146,8 @@ class LatentDDPM(DiffusionMethod):
 
     @property
     def size_multiple(self) -> int:
-        return int(self.ae.downsampling * self.unet.size_multiple)
+        m = self.unet.size_multiple
+        return int(self.ae.downsampling * (m if self.pyramid is None else pyramid_size_multiple(m, self.pyramid[0])))
 
     def train(self, mode: bool = True) -> LatentDDPM:
         """Train mode for the UNet; the frozen autoencoder stays in eval mode."""
@@ -181,11 +191,16 @@ class LatentDDPM(DiffusionMethod):
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         z0 = self.latents(self._image(batch), generator)
-        loss, logs = self.objective(lambda z, t: self.unet(z, t), z0, generator=generator)
+        if self.pyramid is not None:
+            loss, logs = pyramid_loss(self.objective, self.pyramid[0], self.unet, z0, generator)
+        else:
+            loss, logs = self.objective(lambda z, t: self.unet(z, t), z0, generator=generator)
         return loss, {**logs, "latent_scale": torch.tensor(self.scale)}
 
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The latent UNet and the scaled latents of a batch's images (the chain runs in latent space)."""
+        if self.pyramid is not None:
+            raise no_diffusion_pair(self, "pyramid")
         return DiffusionPair(lambda z, t: self.unet(z, t), self.latents(self._image(batch)), "eps", {})
 
     @torch.no_grad()
@@ -210,9 +225,13 @@ class LatentDDPM(DiffusionMethod):
         n = 1 if n_samples is None else int(n_samples)
         f = self.ae.downsampling
         shape = (x.shape[0], self.ae.latent_channels, *(s // f for s in x.shape[2:]))
-        z = sample_n(lambda zt, t: self.unet(zt, t), shape, self.schedule, n_samples=n, sampler=name,
-                     steps=steps if steps is not None else self.sampling_steps, device=x.device,
-                     generator=generator, progress=progress)
+        steps = steps if steps is not None else self.sampling_steps
+        if self.pyramid is not None:
+            z = pyramid_draw(self.unet, shape, self.schedule, self.pyramid, n_samples=n, sampler=name, steps=steps,
+                             generator=generator, device=x.device)
+        else:
+            z = sample_n(lambda zt, t: self.unet(zt, t), shape, self.schedule, n_samples=n, sampler=name, steps=steps,
+                         device=x.device, generator=generator, progress=progress)
         images = self.ae.decode(z.flatten(0, 1) / self.scale)
         images = images.reshape(n, x.shape[0], *images.shape[1:]).transpose(0, 1)
         if not bool(torch.isfinite(images).all()):

@@ -26,6 +26,10 @@ stages (``channels`` has three widths), each followed by a locality-self-attenti
 heads, tokens of ``attention_patch``^2 pixels), a conv bottleneck and a 256-d sinusoidal time embedding;
 ``monai`` is the project's :class:`~medrs_diff.nets.unet.ConditionedUNet` (MONAI ``DiffusionModelUNet``, with
 ``attention_levels``, ``num_res_blocks``, ``num_head_channels``). ``channels`` null takes each net's default.
+``pyramid`` (mask model only; null = off, the paper's): Pyramidal DDPM (Ryu & Ye 2022, :mod:`._pyramid`), e.g.
+``{scales: [0.25, 0.5, 1.0], t_starts: [500, 500]}``: the net also sees coordinate and scale channels, trains on
+masks area-downsampled to a random scale (same MSE + L1 loss) and samples coarse to fine with any sampler of the
+registry; image sizes must then be multiples of :attr:`size_multiple` (the net's times the coarsest scale's).
 Not implemented: the code's re-stepping of a batch (up to 5 optimizer steps while its loss exceeds the running
 minimum) and the least-squares PatchGAN filter of the outputs.
 """
@@ -49,8 +53,10 @@ from ..errors import ArgumentError, DataError
 from ..metrics import psnr
 from ..nets.light_unet import LightUNet
 from ..nets.unet import ConditionedUNet
+from ._pyramid import check_pyramid, extra_channels, pyramid_draw, pyramid_loss
+from ._pyramid import size_multiple as pyramid_size_multiple
 from ._sampling import repeat_batch, sample_n
-from .base import PSNR_CAP_DB, DiffusionMethod, DiffusionPair, check_sampler
+from .base import PSNR_CAP_DB, DiffusionMethod, DiffusionPair, check_sampler, no_diffusion_pair
 
 #: Batch key of the field of view (as :mod:`medrs_diff.datamodules.clinical2d` names it).
 FOV = "fov"
@@ -116,8 +122,10 @@ class _RetinalDDPM(DiffusionMethod):
     def _setup(self, *, data_channels: int, cond_channels: int, net: str, channels: Sequence[int] | None,
                attention_levels: Sequence[bool] | None, num_res_blocks: int, num_head_channels: int,
                norm_num_groups: int, lsa_heads: int, attention_patch: int, timesteps: int, schedule: str, sampler: str,
-               sampling_steps: int | None, fov_radius: float) -> None:
+               sampling_steps: int | None, fov_radius: float, pyramid: Any = None) -> None:
         check_sampler(sampler)
+        self.pyramid = check_pyramid(pyramid, timesteps)
+        extra = extra_channels(self.pyramid, 2)
         if sampling_steps is not None and sampling_steps < 1:
             raise ArgumentError("sampling_steps", f"must be >= 1 or null, got {sampling_steps}",
                                 "use null for every step of the chain (the paper's 1000-step ancestral sampling)")
@@ -139,14 +147,14 @@ class _RetinalDDPM(DiffusionMethod):
             if attention_patch < 1:
                 raise ArgumentError("attention_patch", f"must be >= 1, got {attention_patch}",
                                     "use 1 (one token per pixel) or a small patch size such as 2")
-            self.unet = LightUNet(data_channels, data_channels, ch, cond_channels=cond_channels, heads=lsa_heads,
-                                  attention_patch=attention_patch, norm_num_groups=norm_num_groups)
+            self.unet = LightUNet(data_channels + extra, data_channels, ch, cond_channels=cond_channels,
+                                  heads=lsa_heads, attention_patch=attention_patch, norm_num_groups=norm_num_groups)
         else:
             levels = (False,) * (len(ch) - 1) + (True,) if attention_levels is None else tuple(attention_levels)
             if len(levels) != len(ch):
                 raise ArgumentError("attention_levels", f"{len(levels)} values for {len(ch)} levels",
                                     "give one attention flag per entry of channels")
-            self.unet = ConditionedUNet(2, data_channels, data_channels, ch, levels, num_res_blocks,
+            self.unet = ConditionedUNet(2, data_channels + extra, data_channels, ch, levels, num_res_blocks,
                                         num_head_channels, norm_num_groups, cond_channels=cond_channels)
         self.schedule = retinal_schedule(schedule, timesteps)
         self.sampler, self.sampling_steps, self.fov_radius = sampler, sampling_steps, float(fov_radius)
@@ -157,7 +165,8 @@ class _RetinalDDPM(DiffusionMethod):
 
     @property
     def size_multiple(self) -> int:
-        return self.unet.size_multiple
+        m = self.unet.size_multiple
+        return m if self.pyramid is None else pyramid_size_multiple(m, self.pyramid[0])
 
     def _check_size(self, x: Tensor, where: str) -> None:
         m = self.size_multiple
@@ -169,15 +178,19 @@ class _RetinalDDPM(DiffusionMethod):
               progress: bool, device: torch.device, cond: Tensor | None = None) -> Tensor:
         """(B, n, C, H, W) clipped samples (x0 in [-1, 1])."""
         net = self.unet
+        name = sampler if sampler is not None else self.sampler
+        steps = steps if steps is not None else self.sampling_steps
+        if self.pyramid is not None:  # unconditional only (the mask model)
+            out = pyramid_draw(net, shape, self.schedule, self.pyramid, n_samples=n, sampler=name, steps=steps,
+                               generator=generator, device=device, clip=True)
+            return out.transpose(0, 1)
         if cond is None:
             denoise = net
         else:
             rep = repeat_batch(cond, n)
             def denoise(x: Tensor, t: Tensor) -> Tensor:
                 return net(x, t, cond=rep)
-        out = sample_n(denoise, shape, self.schedule, n_samples=n,
-                       sampler=sampler if sampler is not None else self.sampler,
-                       steps=steps if steps is not None else self.sampling_steps, device=device,
+        out = sample_n(denoise, shape, self.schedule, n_samples=n, sampler=name, steps=steps, device=device,
                        generator=generator, progress=progress, clip=True)
         return out.transpose(0, 1)
 
@@ -209,13 +222,14 @@ class RetinalMaskDDPM(_RetinalDDPM):
         sampler: str = "ddpm",
         sampling_steps: int | None = None,
         fov_radius: float = FOV_RADIUS,
+        pyramid: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._setup(data_channels=1, cond_channels=0, net=net, channels=channels, attention_levels=attention_levels,
-                    num_res_blocks=num_res_blocks, num_head_channels=num_head_channels,
-                    norm_num_groups=norm_num_groups, lsa_heads=lsa_heads, attention_patch=attention_patch,
-                    timesteps=timesteps, schedule=schedule, sampler=sampler, sampling_steps=sampling_steps,
-                    fov_radius=fov_radius)
+        self._setup(data_channels=1, cond_channels=0, pyramid=pyramid, net=net, channels=channels,
+                    attention_levels=attention_levels, num_res_blocks=num_res_blocks,
+                    num_head_channels=num_head_channels, norm_num_groups=norm_num_groups, lsa_heads=lsa_heads,
+                    attention_patch=attention_patch, timesteps=timesteps, schedule=schedule, sampler=sampler,
+                    sampling_steps=sampling_steps, fov_radius=fov_radius)
 
     def _shape_source(self, batch: Mapping[str, Any]) -> Tensor:
         for key in (LABEL, FOV, IMAGE):
@@ -238,10 +252,16 @@ class RetinalMaskDDPM(_RetinalDDPM):
         self._check_size(label, "label")
         fov = _fov_of(batch, label, self.fov_radius)
         x0 = torch.where(fov & (label > 0.5), 1.0, -1.0).to(label.dtype)
+        if self.pyramid is not None:
+            def objective(model: Any, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+                return mse_l1_eps_loss(model, self.schedule, x, generator)
+            return pyramid_loss(objective, self.pyramid[0], self.unet, x0, generator)
         return mse_l1_eps_loss(self.unet, self.schedule, x0, generator)
 
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The (unconditional) mask UNet and the batch's masks in {-1, 1} (vessel inside the FOV)."""
+        if self.pyramid is not None:
+            raise no_diffusion_pair(self, "pyramid")
         label = batch.get(LABEL)
         if not isinstance(label, Tensor):
             raise DataError("batch", "the mask DDPM's diffusion pair needs batch['label'] (vessel masks)",

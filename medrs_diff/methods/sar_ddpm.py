@@ -15,6 +15,13 @@ Units: the method works in model space [-1, 1]; which SAR quantity that is (dB =
 intensity or amplitude) is the data module's ``domain`` and ``scaling``, so predictions go back to the
 input's units through ``data_space``. The recipes' default is dB (see
 :mod:`medrs_diff.datamodules.speckle`).
+
+``process: rddm`` (default ``ddpm``, the paper's) switches the chain to RDDM (Liu et al. CVPR 2024;
+:mod:`medrs_diff.methods._rddm`): ``I_in`` is the speckled image, ``I_0`` the clean one; residual and noise are
+diffused with separate schedules (``rddm_alpha``, ``rddm_beta2``, ``sum_scale``), the UNet (speckled image
+concatenated, as before) returns residual and noise (2 channels, L1 on both), and each cycle-spinning chain
+runs RDDM's sampler from ``I_in + betabar_T eps`` (``ddim``: eta 0, ``ddpm``: eta 1; ``sampling_steps`` null =
+the paper's 10). The hybrid loss's learned sigma has no meaning there: ``learn_sigma`` must be false.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from ..diffusion.process import DiffusionLoss, check_spatial
 from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.unet import ConditionedUNet
+from ._rddm import build_rddm, check_process, check_rddm_steps, rddm_eta, rddm_restore
 from ._sampling import sample_n
-from .base import DiffusionMethod, DiffusionPair, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler, no_diffusion_pair
 
 #: the paper's shift step (100 px) as a fraction of its tile side (256 px)
 PAPER_SHIFT_FRACTION = 100 / 256
@@ -86,14 +94,28 @@ class SARDDPM(DiffusionMethod):
         shift_fraction: float = PAPER_SHIFT_FRACTION,
         sampler: str = "ddpm",
         sampling_steps: int | None = None,
+        process: str = "ddpm",
+        rddm_alpha: str = "decreased",
+        rddm_beta2: str = "increased",
+        sum_scale: float = 0.01,
     ) -> None:
         super().__init__()
         check_sampler(sampler)
         spin_shifts((256, 256), cycle_shifts, shift_fraction)  # argument checks before building anything
+        check_process(process)
+        self.process = process
+        if process == "rddm":
+            if learn_sigma:
+                raise ArgumentError("learn_sigma", "the hybrid loss's learned sigma does not apply under process: "
+                                    "rddm (the net returns residual and noise)", "set learn_sigma: false")
+            rddm_eta(sampler)
+            self.rddm_schedule, self.rddm_objective = build_rddm(timesteps, rddm_alpha, rddm_beta2, sum_scale)
+            check_rddm_steps(sampling_steps, self.rddm_schedule, "sampling_steps")
         self.in_channels = self.out_channels = 1
         self.spatial_dims = 2
         self.learn_sigma = bool(learn_sigma)
-        self.unet = ConditionedUNet(2, 1, 2 if self.learn_sigma else 1, channels, attention_levels, num_res_blocks,
+        out = 2 if self.learn_sigma or process == "rddm" else 1  # learned sigma, or RDDM's residual + noise
+        self.unet = ConditionedUNet(2, 1, out, channels, attention_levels, num_res_blocks,
                                     num_head_channels, norm_num_groups, cond_channels=1)
         self.schedule = make_schedule(schedule, timesteps)
         self.variance = "learned" if self.learn_sigma else "fixed_small"
@@ -126,10 +148,15 @@ class SARDDPM(DiffusionMethod):
         if clean is None:
             raise DataError("batch", f"SAR-DDPM training needs batch[{self.target_key!r}] (the clean image)",
                             "use a data module that provides it (SpeckleDataModule)")
+        if self.process == "rddm":
+            return self.rddm_objective(lambda x, t: self.unet(x, t, cond=speckled), clean, speckled,
+                                       generator=generator)
         return self.objective(lambda x, t: self.unet(x, t, cond=speckled), clean, generator=generator)
 
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The speckle-conditioned UNet (eps channels only) and the clean image of a (speckled, clean) batch."""
+        if self.process == "rddm":
+            raise no_diffusion_pair(self, "process: rddm")
         speckled, clean = self._inputs(batch)
         if clean is None:
             raise DataError("batch", f"SAR-DDPM's diffusion pair needs batch[{self.target_key!r}] (the clean image)",
@@ -142,6 +169,9 @@ class SARDDPM(DiffusionMethod):
         """One reverse chain per image of a (B, 1, H, W) batch in model space: the despeckled estimate."""
         name = sampler if sampler is not None else self.default_sampler
         net, c = self.unet, self.out_channels
+        if self.process == "rddm":
+            return rddm_restore(lambda x, t: net(x, t, cond=speckled), speckled, self.rddm_schedule, sampler=name,
+                                steps=steps if steps is not None else self.sampling_steps, generator=generator)
         if self.learn_sigma and name != "ddpm":  # other samplers use a fixed variance: drop the sigma channel
             def fn(x: Tensor, t: Tensor) -> Tensor:
                 return net(x, t, cond=speckled)[:, :c]
@@ -170,6 +200,9 @@ class SARDDPM(DiffusionMethod):
         """Despeckled ``prediction``: the cycle-spinning mean (``cycle_shifts``^2 shifted chains; ``n_samples`` is
         not used, the spins are the ensemble)."""
         speckled, _ = self._inputs(batch)
+        if self.process == "rddm":  # argument checks before any compute
+            rddm_eta(sampler if sampler is not None else self.default_sampler)
+            check_rddm_steps(steps if steps is not None else self.sampling_steps, self.rddm_schedule)
         k = self.cycle_shifts if cycle_shifts is None else cycle_shifts
         shifts = spin_shifts(speckled.shape, k, self.shift_fraction)
         pred = cycle_spin(lambda x: self.denoise(x, sampler=sampler, steps=steps, generator=generator,

@@ -7,6 +7,13 @@ is concatenated, lifted to HR size by a stride-``scale`` transposed conv and **a
 UNet's first residual block; eps is learned with L1; cosine schedule with T = 100 and full
 ancestral sampling by default. Here both phases run in one ``fit``: the first ``pretrain_steps``
 optimizer steps train the RRDB, later ones the diffusion model with the RRDB frozen.
+
+``process: rddm`` (default ``ddpm``, the paper's) switches the diffusion to RDDM (Liu et al. CVPR 2024;
+:mod:`medrs_diff.methods._rddm`): ``I_in`` is the up-sampled LR (the base of SRDiff's residual), ``I_0`` the HR
+image, the residual ``I_in - I_0`` and the noise are diffused with separate schedules (``rddm_alpha``,
+``rddm_beta2``, ``sum_scale``), the UNet sees ``cat(I_t, I_in)`` plus the frozen RRDB features and returns
+residual and noise (2C channels, L1 on both); sampling starts at ``I_in + betabar_T eps`` and runs RDDM's sampler
+(``ddim``: eta 0, ``ddpm``: eta 1; ``sampling_steps`` null = the paper's 10). ``res_rescale`` is not used there.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from ..errors import ArgumentError, DataError
 from ..nets.conv import conv_transpose
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ..nets.unet import ConditionedUNet, check_downsample
-from ._sampling import sample_with_features
-from .base import DiffusionMethod, DiffusionPair, check_sampler, sr_batch
+from ._rddm import build_rddm, check_process, check_rddm_steps, rddm_channels, rddm_eta, rddm_restore
+from ._sampling import repeat_batch, sample_with_features
+from .base import DiffusionMethod, DiffusionPair, check_sampler, no_diffusion_pair, sr_batch
 
 
 class SRDiff(DiffusionMethod):
@@ -60,10 +68,20 @@ class SRDiff(DiffusionMethod):
         sampler: str = "ddpm",
         sampling_steps: int | None = None,
         downsample: str = "conv",
+        process: str = "ddpm",
+        rddm_alpha: str = "decreased",
+        rddm_beta2: str = "increased",
+        sum_scale: float = 0.01,
     ) -> None:
         super().__init__()
         check_downsample(downsample)
         check_sampler(sampler)
+        check_process(process)
+        self.process = process
+        if process == "rddm":
+            rddm_eta(sampler)
+            self.rddm_schedule, self.rddm_objective = build_rddm(timesteps, rddm_alpha, rddm_beta2, sum_scale)
+            check_rddm_steps(sampling_steps, self.rddm_schedule, "sampling_steps")
         if scale < 1:
             raise ArgumentError("scale", f"must be >= 1, got {scale}", "use the super-resolution factor, e.g. 4")
         self.in_channels = self.out_channels = in_channels
@@ -76,8 +94,9 @@ class SRDiff(DiffusionMethod):
                                 "use 2 or more blocks (SRDiff taps every third block feature)")
         self.cond_proj = conv_transpose(spatial_dims, rrdb_features * n_taps, channels[0], scale)
         self.unet = ConditionedUNet(
-            spatial_dims, in_channels, in_channels, channels, attention_levels, num_res_blocks, num_head_channels,
-            norm_num_groups, cond_at="first_block", downsample=downsample,
+            spatial_dims, in_channels, rddm_channels(process, in_channels), channels, attention_levels,
+            num_res_blocks, num_head_channels, norm_num_groups, cond_at="first_block", downsample=downsample,
+            cond_channels=in_channels if process == "rddm" else 0,
         )
         self.schedule = make_schedule(schedule, timesteps)
         self.objective = DiffusionLoss(self.schedule, prediction_type="eps", loss_type="l1")
@@ -132,12 +151,18 @@ class SRDiff(DiffusionMethod):
             return loss, {"loss_rrdb": loss.detach()}
         self.encoder.requires_grad_(False)
         self.sr_head.requires_grad_(False)
-        x0 = self.residual.encode(hr, self.upsample(lr))
         features = self.condition(lr)
+        if self.process == "rddm":
+            up = self.upsample(lr)
+            return self.rddm_objective(lambda x, t: self.unet(x, t, cond=up, features=features), hr, up,
+                                       generator=generator)
+        x0 = self.residual.encode(hr, self.upsample(lr))
         return self.objective(lambda x, t: self.unet(x, t, features=features), x0, generator=generator)
 
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The frozen-encoder-conditioned UNet and the scaled residual x0 of an (LR, HR) batch."""
+        if self.process == "rddm":
+            raise no_diffusion_pair(self, "process: rddm")
         lr, hr = self._inputs(batch)
         if hr is None:
             raise DataError("batch", f"SRDiff's diffusion pair needs batch[{self.target_key!r}] (the HR image)",
@@ -161,11 +186,10 @@ class SRDiff(DiffusionMethod):
         lr, _ = self._inputs(batch)
         n = n_samples if n_samples is not None else self.n_samples
         base = self.upsample(lr)
-        res = sample_with_features(  # clipped: SRDiff clips the predicted residual to [-1, 1]
-            self, self.condition(lr), tuple(base.shape), n_samples=n, sampler=sampler, steps=steps,
-            generator=generator, progress=progress,
-        )
-        hr = self.residual.decode(res, base[:, None]).clamp(-1, 1)  # (B, n, C, ...)
+        if self.process == "rddm":
+            hr = self._rddm_predict(lr, base, n, sampler, steps, generator)
+        else:
+            hr = self._ddpm_predict(lr, base, n, sampler, steps, generator, progress)
         mean = fuse_mean(hr)
         return {
             "prediction": mean,
@@ -174,3 +198,26 @@ class SRDiff(DiffusionMethod):
             "baseline": base.clamp(-1, 1),
             "regression": self.sr_head(lr).clamp(-1, 1),
         }
+
+    def _ddpm_predict(self, lr: Tensor, base: Tensor, n: int, sampler: str | None, steps: int | None,
+                      generator: GeneratorLike, progress: bool) -> Tensor:
+        res = sample_with_features(  # clipped: SRDiff clips the predicted residual to [-1, 1]
+            self, self.condition(lr), tuple(base.shape), n_samples=n, sampler=sampler, steps=steps,
+            generator=generator, progress=progress,
+        )
+        return self.residual.decode(res, base[:, None]).clamp(-1, 1)  # (B, n, C, ...)
+
+    def _rddm_predict(self, lr: Tensor, base: Tensor, n: int, sampler: str | None, steps: int | None,
+                      generator: GeneratorLike) -> Tensor:
+        """(B, n, C, ...) HR samples from RDDM's sampler started at the up-sampled LR (plus noise)."""
+        name = sampler if sampler is not None else self.default_sampler
+        steps = steps if steps is not None else self.sampling_steps
+        rddm_eta(name)
+        check_rddm_steps(steps, self.rddm_schedule)
+        if n < 1:
+            raise ArgumentError("n_samples", f"must be >= 1, got {n}", "draw at least one sample")
+        feats, up = repeat_batch(self.condition(lr), n), repeat_batch(base, n)
+        net = self.unet
+        hr = rddm_restore(lambda x, t: net(x, t, cond=up, features=feats), up, self.rddm_schedule,
+                          sampler=name, steps=steps, generator=generator)
+        return hr.reshape(n, *base.shape).transpose(0, 1)
