@@ -13,6 +13,7 @@ from .diffae import DiffAE
 from .eiddpm import EIDDPM
 from .hyperldm import HyperLDM
 from .latent_ddpm import LatentDDPM
+from .latent_method import LatentMethod
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .nowcast_diffusion import NowcastDiffusion
@@ -51,6 +52,7 @@ METHODS: dict[str, type[Method]] = {
     "diffae": DiffAE,
     "autoencoder_kl": AutoencoderKLMethod,
     "latent_ddpm": LatentDDPM,
+    "latent": LatentMethod,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]
