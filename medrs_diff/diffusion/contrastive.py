@@ -23,11 +23,11 @@ from .generators import GeneratorLike, rand, randn_like
 
 def info_nce(q: Tensor, k: Tensor, temperature: float = 0.1) -> Tensor:
     """InfoNCE of paired embeddings ``q``, ``k`` (B, ...), flattened and L2-normalised; positives on the diagonal."""
-    if q.shape != k.shape or q.shape[0] < 2:
-        raise ValueError(f"info_nce needs two batches of the same shape with >= 2 elements, got {tuple(q.shape)} "
+    qf, kf = q.flatten(1).float(), k.flatten(1).float()
+    if qf.shape != kf.shape or qf.shape[0] < 2:
+        raise ValueError(f"info_nce needs two batches of >= 2 embeddings of one size, got {tuple(q.shape)} "
                          f"and {tuple(k.shape)}")
-    qn = F.normalize(q.flatten(1).float(), dim=1)
-    kn = F.normalize(k.flatten(1).float(), dim=1)
+    qn, kn = F.normalize(qf, dim=1), F.normalize(kf, dim=1)
     logits = qn @ kn.T / float(temperature)
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
