@@ -108,8 +108,8 @@ def stage_one_recipe(recipe: Path) -> Path:
     """The packaged recipe that trains the checkpoint a latent recipe's ``autoencoder`` points at: the one whose
     ``trainer.default_root_dir`` holds that path (``runs/autoencoder_kl_phantom2d/.../last.ckpt``)."""
     path = str(_method_args(recipe)["autoencoder"])
-    found = [p for p in RECIPES if p != recipe and path.startswith(
-        str(((_recipe(p).get("trainer") or {}).get("default_root_dir")) or "\0").rstrip("/") + "/")]
+    roots = {p: (_recipe(p).get("trainer") or {}).get("default_root_dir") for p in RECIPES if p != recipe}
+    found = [p for p, root in roots.items() if isinstance(root, str) and path.startswith(root.rstrip("/") + "/")]
     assert len(found) == 1, f"{recipe.name}: no single packaged recipe writes its autoencoder {path} ({found})"
     return found[0]
 
