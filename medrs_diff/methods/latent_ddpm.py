@@ -7,7 +7,8 @@ an eps-prediction DDPM (MONAI DiffusionModelUNet) on **scaled** latents ``scale 
 sample. ``scale`` is the paper's latent scaling factor, ``1 / std(z)`` over the first training batch
 (estimated once, then fixed), or given by ``scale_factor``. It lives in the state dict (so in every
 checkpoint) as the float32 bit pattern of an int32 buffer: the EMA callback averages floating buffers,
-which would blend the unset value into it, but copies integer ones exactly.
+which would blend the unset value into it, but copies integer ones exactly. The autoencoder loading and the
+scale buffer are shared with :class:`~medrs_diff.methods.latent_method.LatentMethod` (:mod:`._latent`).
 
 The autoencoder's architecture is recorded among the method's arguments (``autoencoder_config``) the first
 time it is read, so a latent checkpoint rebuilds without the autoencoder file: its weights are part of this
