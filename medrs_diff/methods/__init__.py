@@ -14,6 +14,7 @@ from .diffae import DiffAE
 from .eiddpm import EIDDPM
 from .hyperldm import HyperLDM
 from .latent_ddpm import LatentDDPM
+from .latent_method import LatentMethod
 from .medsegdiff import MedSegDiffV1
 from .medsegdiff_v2 import MedSegDiffV2
 from .nowcast_diffusion import NowcastDiffusion
@@ -53,6 +54,7 @@ METHODS: dict[str, type[Method]] = {
     "autoencoder_kl": AutoencoderKLMethod,
     "latent_ddpm": LatentDDPM,
     "ddbm": DDBM,
+    "latent": LatentMethod,
 }
 
 __all__ = ["DiffusionMethod", "IOSpec", "METHODS", "Method", *sorted({m.__name__ for m in METHODS.values()})]

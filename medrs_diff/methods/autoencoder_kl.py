@@ -6,7 +6,12 @@ channels; a reparameterised sample is decoded back. Loss: L1 reconstruction (mea
 ``kl_weight`` (default 1e-6, the value of MONAI's latent-diffusion tutorials; the LDM paper uses a
 similarly small weight, ~1e-6) times the KL divergence to N(0, I) summed over the latent and averaged
 over the batch. The paper's perceptual and patch-adversarial terms are not included (small phantoms and
-CPU tests; a recipe switch for them is left open). ``predict`` decodes the posterior mean:
+CPU tests; a recipe switch for them is left open). ``contrastive_weight`` > 0 adds D2C's contrastive
+latent regulariser (Sinha et al. NeurIPS 2021): that weight times InfoNCE (temperature
+``contrastive_temperature``) between the posterior means of two augmented views of the batch (random crop
+of ``1 - augment_crop`` of each side resized back, random flips, Gaussian noise ``augment_noise``; the
+batch's other images are the negatives, :mod:`medrs_diff.diffusion.contrastive`); 0 (default) is off and
+leaves the loss and the random draws exactly as without it. ``predict`` decodes the posterior mean:
 ``prediction`` is the reconstruction, in data space. :class:`~medrs_diff.methods.latent_ddpm.LatentDDPM`
 trains a diffusion model in this latent space.
 """
@@ -21,6 +26,7 @@ from monai.networks.nets import AutoencoderKL
 from torch import Tensor
 
 from ..data.keys import IMAGE
+from ..diffusion.contrastive import augment_views, info_nce
 from ..diffusion.generators import GeneratorLike, randn_like
 from ..diffusion.process import check_spatial
 from ..errors import ArgumentError, DataError
@@ -49,6 +55,10 @@ class AutoencoderKLMethod(Method):
         norm_num_groups: int = 16,
         nonlocal_attention: bool = False,
         kl_weight: float = 1e-6,
+        contrastive_weight: float = 0.0,
+        contrastive_temperature: float = 0.1,
+        augment_crop: float = 0.125,
+        augment_noise: float = 0.05,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -59,12 +69,24 @@ class AutoencoderKLMethod(Method):
                                 "give attention_levels the length of channels")
         if not (isinstance(kl_weight, int | float) and 0.0 <= float(kl_weight) < float("inf")):
             raise ArgumentError("kl_weight", f"must be a finite number >= 0, got {kl_weight!r}", "use 1e-6")
+        if not (isinstance(contrastive_weight, int | float) and 0.0 <= float(contrastive_weight) < float("inf")):
+            raise ArgumentError("contrastive_weight", f"must be a finite number >= 0, got {contrastive_weight!r}",
+                                "use 0 (off) or a small weight such as 0.01 (D2C's contrastive regulariser)")
+        if not (isinstance(contrastive_temperature, int | float) and 0.0 < float(contrastive_temperature) < 1e6):
+            raise ArgumentError("contrastive_temperature", f"must be a number > 0, got {contrastive_temperature!r}",
+                                "use 0.1 (InfoNCE temperature)")
+        if not (0.0 <= float(augment_crop) < 1.0 and 0.0 <= float(augment_noise) < float("inf")):
+            raise ArgumentError("augment_crop / augment_noise", f"need 0 <= crop < 1 and noise >= 0, got "
+                                f"{augment_crop!r} and {augment_noise!r}", "use 0.125 and 0.05")
         if latent_channels < 1:
             raise ArgumentError("latent_channels", f"must be >= 1, got {latent_channels}", "use 3 or 4")
         self.in_channels = self.out_channels = int(in_channels)
         self.spatial_dims = int(spatial_dims)
         self.latent_channels = int(latent_channels)
         self.kl_weight = float(kl_weight)
+        self.contrastive_weight = float(contrastive_weight)
+        self.contrastive_temperature = float(contrastive_temperature)
+        self.augment_crop, self.augment_noise = float(augment_crop), float(augment_noise)
         self.autoencoder = AutoencoderKL(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=in_channels,
             num_res_blocks=num_res_blocks, channels=tuple(channels), attention_levels=tuple(attention_levels),
@@ -120,7 +142,22 @@ class AutoencoderKLMethod(Method):
         var = sigma.pow(2).clamp(min=1e-12)
         kl = 0.5 * (mu.pow(2) + var - var.log() - 1.0).flatten(1).sum(1).mean()
         total = l1 + self.kl_weight * kl
-        return total, {"l1": l1.detach(), "kl": kl.detach()}
+        logs = {"l1": l1.detach(), "kl": kl.detach()}
+        if self.contrastive_weight > 0:  # off: no extra draws, the loss is exactly L1 + w KL
+            nce = self.contrastive_loss(x, generator)
+            total = total + self.contrastive_weight * nce
+            logs["contrastive"] = nce.detach()
+        return total, logs
+
+    def contrastive_loss(self, x: Tensor, generator: GeneratorLike = None) -> Tensor:
+        """D2C's regulariser: InfoNCE between the posterior means of two augmented views of ``x`` (the other
+        images of the batch are the negatives; :mod:`medrs_diff.diffusion.contrastive`)."""
+        if x.shape[0] < 2:
+            raise DataError("batch", f"the contrastive regulariser needs >= 2 images per batch, got {x.shape[0]}",
+                            "raise data.init_args.batch_size or set contrastive_weight: 0")
+        a = augment_views(x, generator, self.augment_crop, self.augment_noise)
+        b = augment_views(x, generator, self.augment_crop, self.augment_noise)
+        return info_nce(self.posterior(a)[0], self.posterior(b)[0], self.contrastive_temperature)
 
     @torch.no_grad()
     def predict(

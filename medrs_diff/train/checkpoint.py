@@ -31,10 +31,8 @@ in memory, so old checkpoints still load.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import sys
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ..diffusion.samplers.learned import attach_state
 from ..errors import CheckpointError, MedrsError
 from ..io.atomic import atomic_save, clean_stale_temporaries
+from ..io.checkpoint_file import EMA_FORMAT, ema_shadow, read_checkpoint_file
 from ..methods import METHODS
 from ..methods.base import Method
 
@@ -88,8 +87,6 @@ __all__ = [
 LEARNED_KEY = "learned_schedules"
 #: Version of the ``checkpoint["medrs_diff"]`` record.
 CHECKPOINT_FORMAT = 1
-#: Marker stored with the EMA callback's state (:class:`~medrs_diff.train.ema.EMA` writes the same one).
-EMA_FORMAT = "medrs_diff.ema/1"
 MAX_LISTED_KEYS = 8
 
 #: Method class paths that earlier releases wrote into recipes and checkpoints -> registered method name
@@ -170,90 +167,17 @@ def install_atomic_io(trainer: Any) -> bool:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's (default) zip archive
-_PICKLE_PROTO = 0x80  # a pickle stream (torch's legacy format, or a plain pickle.dump)
-
-
-def _unsupported_global(err: BaseException) -> str | None:
-    """The blocked ``module.name`` a weights-only load refused, when the error names one."""
-    import re
-
-    m = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(err))
-    return (m.group(1) or m.group(2)).rstrip(".,") if m else None
-
-
-def _pickle_globals(path: Path, limit: int = 4) -> list[str]:
-    """The ``module.name`` callables a pickle stream imports (GLOBAL / STACK_GLOBAL), parsed with
-    :mod:`pickletools` (nothing is executed or imported); ``[]`` when none or unparsable."""
-    import pickletools
-
-    found: list[str] = []
-    strings: list[str] = []
-    try:
-        with open(path, "rb") as f:
-            for op, arg, _ in pickletools.genops(f):
-                if op.name == "GLOBAL" and isinstance(arg, str):
-                    found.append(arg.replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-                if len(found) >= limit or op.name == "STOP":
-                    break
-    except Exception:  # noqa: BLE001 - a damaged stream: report what was found so far
-        pass
-    return found
-
-
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted: bool = False) -> dict[str, Any]:
-    """Load a checkpoint file with clear errors. ``trusted=False`` uses ``torch.load(weights_only=True)``.
+    """Load a checkpoint file with clear errors (:func:`medrs_diff.io.checkpoint_file.read_checkpoint_file`;
+    ``trusted=False`` uses ``torch.load(weights_only=True)``) and rewrite its stored class paths to their
+    current spellings (:func:`upgrade_checkpoint`).
 
     Every failure is a one-line :class:`CheckpointError` naming the file: missing, a folder, empty,
     truncated / corrupted, not a PyTorch checkpoint at all (random bytes, text, a plain pickle), or a
     checkpoint holding Python objects a weights-only load refuses (the object is named; loading it
     would run code).
     """
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(p, "checkpoint file not found", "check the path (e.g. <log_dir>/checkpoints/last.ckpt)")
-    if not p.is_file():
-        raise CheckpointError(p, "is a folder, not a checkpoint file", "pass a .ckpt file (e.g. <folder>/last.ckpt)")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(4)
-    except OSError as err:
-        raise CheckpointError(p, f"cannot be read ({err.strerror or err})", "check the file permissions") from err
-    if not head:
-        raise CheckpointError(p, "is empty (0 bytes), probably left by an interrupted write",
-                              "delete it and use the previous checkpoint (e.g. last.ckpt or an earlier step)")
-    is_zip, is_pickle = head == _ZIP_MAGIC, head[0] == _PICKLE_PROTO
-    if not (is_zip or is_pickle):
-        raise CheckpointError(p, f"is not a PyTorch checkpoint (its first bytes {head!r} are neither a torch.save "
-                              "archive nor a pickle)", "pass a .ckpt file written by `medrs-diff fit`")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(p, map_location=map_location, weights_only=not trusted)
-    except pickle.UnpicklingError as err:
-        blocked = _unsupported_global(err) or next(iter(_pickle_globals(p) if is_pickle else []), None)
-        if blocked is not None:
-            raise CheckpointError(
-                p, f"holds a Python object ({blocked}) that is not a tensor or plain data: loading it would run "
-                "code, so it is refused", "use a checkpoint written by `medrs-diff fit`; only for a file you made "
-                "yourself, read_checkpoint(path, trusted=True) loads it anyway",
-            ) from err
-        what = "a truncated or corrupted checkpoint" if is_zip else "not a PyTorch checkpoint (a pickle of other data)"
-        raise CheckpointError(p, f"is {what}", "pass a .ckpt file written by `medrs-diff fit` (e.g. last.ckpt or "
-                              "an earlier step)") from err
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, TypeError) as err:
-        detail = " ".join(str(err).split()).split(". ")[0][:160]
-        raise CheckpointError(
-            p, f"is not a readable PyTorch checkpoint, probably truncated or corrupted ({type(err).__name__}: "
-            f"{detail})", "use the previous checkpoint (e.g. last.ckpt or an earlier step) or re-run training",
-        ) from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(p, f"holds a {type(ckpt).__name__}, not a checkpoint dict", "pass a Lightning .ckpt file")
-    return upgrade_checkpoint(ckpt)
+    return upgrade_checkpoint(read_checkpoint_file(path, map_location=map_location, trusted=trusted))
 
 
 # -- finite weights ----------------------------------------------------------------------------------
@@ -548,10 +472,7 @@ def method_from_checkpoint(
             path, f"cannot rebuild the method {cfg['class_path']} from its stored arguments ({err})",
             "use the medrs_diff version the checkpoint was trained with, or a method that accepts its init_args",
         ) from err
-    has_ema = any(
-        isinstance(s, Mapping) and s.get("format") == EMA_FORMAT and s.get("shadow")
-        for s in (ckpt.get("callbacks") or {}).values()
-    )
+    has_ema = ema_shadow(ckpt) is not None
     if ema and not has_ema:
         raise CheckpointError(
             path, "holds no EMA weights (the run had no medrs_diff.train.EMA callback, or it had not started)",
@@ -599,9 +520,9 @@ def ema_state_dict(
     if where is None:
         where = "checkpoint" if is_dict else str(checkpoint)
     ckpt = checkpoint if is_dict else read_checkpoint(checkpoint)
-    for state in (ckpt.get("callbacks") or {}).values():
-        if isinstance(state, Mapping) and state.get("format") == EMA_FORMAT and state.get("shadow"):
-            return {k: v.detach().cpu() for k, v in state["shadow"].items()}
+    shadow = ema_shadow(ckpt)
+    if shadow is not None:
+        return shadow
     raise CheckpointError(
         where,
         "holds no EMA weights (the run had no medrs_diff.train.EMA callback, or it had not started)",

@@ -136,6 +136,13 @@ def check_recipe(path: str | os.PathLike) -> dict[str, Any]:
     cp = method.get("class_path") if isinstance(method, dict) else None
     if cp:
         check_method_class_path(cp, path)
+    inner = _get(method, "init_args", "method")  # a wrapper's inner method (latent diffusion)
+    inner_cp = inner.get("class_path") if isinstance(inner, dict) else None
+    if inner_cp:
+        cls = resolve_method_class(inner_cp, path, RecipeError)
+        if "." not in str(inner_cp):  # LightningCLI re-parses nested class specs and needs a dotted path there
+            raise RecipeError(path, f"the inner method's class_path {inner_cp!r} is not a dotted path",
+                              f"write `class_path: {cls.__module__}.{cls.__qualname__}`")
     data_cp = _get(cfg, "data", "class_path")
     if isinstance(data_cp, str) and data_cp in LEGACY_CLASS_PATHS:
         new = LEGACY_CLASS_PATHS[data_cp].rsplit(".", 1)[-1]

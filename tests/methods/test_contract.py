@@ -63,6 +63,9 @@ TINY = {
                         norm_num_groups=4, timesteps=50),
     "ddbm": dict(in_channels=2, out_channels=3, channels=(16, 32), attention_levels=(False, False), num_res_blocks=1,
                  num_head_channels=16, norm_num_groups=8, sampling_steps=2),
+    "latent": dict(autoencoder_config=dict(in_channels=3, channels=(8, 8), attention_levels=(False, False),
+                                           latent_channels=2, norm_num_groups=4), scale_factor=0.5,
+                   method=dict(class_path="SRDiff", init_args=dict(scale=2, timesteps=10, **SR))),
 }
 #: outputs whose channels are not the method's out_channels: EI-DDPM's per-modality maps (one channel per modality)
 OUT_CHANNELS = {"eiddpm": {"reliability": 2, "branch_uncertainty": 2}, "anoddpm": {"anomaly_map": 1, "mask": 1},
@@ -169,6 +172,9 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                           {"size_multiple": 4})
     # DDBM: S1-like 2 channels in, 3 out (a learned 1x1 endpoint map), two UNet levels
     assert specs["ddbm"] == IOSpec({"cond": 2}, sr_out, 2, 1, "spectral", ("prediction",), {"size_multiple": 2})
+    # SRDiff x2 on the 2-channel latent of a 3-band autoencoder (f = 2): the LR image is encoded too
+    assert specs["latent"] == IOSpec({"cond": 3}, sr_out, 2, 2, "image", ("prediction",),
+                                     {"size_multiple": 2, "latent": {"factor": 2, "channels": 2}})
     deep = SRDiff(in_channels=1, scale=2, **{**SR, "channels": (8, 8, 8, 8), "attention_levels": (False,) * 4,
                                                  "num_head_channels": 8})
     assert deep.io_spec.extra["size_multiple"] == 4  # the UNet needs HR multiples of 8: LR multiples of 4
@@ -209,6 +215,7 @@ def test_predict_returns_every_declared_output():
         "autoencoder_kl": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
         "latent_ddpm": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
         "ddbm": {"cond": torch.rand(2, 2, 16, 16) * 2 - 1},
+        "latent": {"cond": torch.rand(2, 3, 8, 8) * 2 - 1},
     }
     for name, kw in TINY.items():
         m = METHODS[name](**kw).eval()

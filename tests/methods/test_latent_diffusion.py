@@ -125,7 +125,7 @@ def test_bad_autoencoder_checkpoints_are_refused(tmp_path):
         LatentDDPM(autoencoder=str(other), **UNET)
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"junk\.ckpt: cannot be read as a checkpoint"):
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt: is not a PyTorch checkpoint .*Fix: pass the last\.ckpt"):
         LatentDDPM(autoencoder=str(junk), **UNET)
     nan = tmp_path / "nan.ckpt"
     ae = AutoencoderKLMethod(**AE)

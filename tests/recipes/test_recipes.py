@@ -104,6 +104,16 @@ def smoke_args(recipe: Path, tmp: Path) -> list[str]:
     return args
 
 
+def stage_one_recipe(recipe: Path) -> Path:
+    """The packaged recipe that trains the checkpoint a latent recipe's ``autoencoder`` points at: the one whose
+    ``trainer.default_root_dir`` holds that path (``runs/autoencoder_kl_phantom2d/.../last.ckpt``)."""
+    path = str(_method_args(recipe)["autoencoder"])
+    roots = {p: (_recipe(p).get("trainer") or {}).get("default_root_dir") for p in RECIPES if p != recipe}
+    found = [p for p, root in roots.items() if isinstance(root, str) and path.startswith(root.rstrip("/") + "/")]
+    assert len(found) == 1, f"{recipe.name}: no single packaged recipe writes its autoencoder {path} ({found})"
+    return found[0]
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """``fitted(recipe)`` -> the checkpoint of a two-step run of ``recipe`` (each recipe is run once)."""
@@ -114,7 +124,7 @@ def fitted(tmp_path_factory):
             tmp = tmp_path_factory.mktemp(recipe.stem)
             args = smoke_args(recipe, tmp)
             if isinstance(_method_args(recipe).get("autoencoder"), str):  # latent diffusion: stage 1 trains first
-                ae = run(recipe_dir() / "autoencoder_kl_phantom2d.yaml")
+                ae = run(stage_one_recipe(recipe))
                 args += ["--model.init_args.method.init_args.autoencoder", str(ae)]
             assert run_lightning(args) == 0
             ckpts = sorted((tmp / "run").rglob("*.ckpt"))
