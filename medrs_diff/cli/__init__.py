@@ -3,7 +3,8 @@
 ``fit / validate / test / predict --config RECIPE`` run LightningCLI on a recipe (a YAML file or a
 packaged recipe by name, the TorchGeo convention); ``infer`` runs a checkpoint over files (NIfTI,
 GeoTIFF, PNG / JPEG, ...), writing every output the method declares on the input's grid;
-``generate`` writes synthetic vessel-mask / fundus pairs from the retinal dual model's checkpoints;
+``generate`` writes synthetic vessel-mask / fundus pairs from the retinal dual model's checkpoints (or
+unconditional images from a diffusion autoencoder with its latent DDIM);
 ``evaluate`` scores predictions; ``list`` shows methods, recipes and samplers; ``quickstart`` trains,
 infers and evaluates SegDiff and TCDM (super-resolution) end to end; ``samplers`` prints the engine's accuracy table;
 ``fit-schedule`` adds BDDM schedules / learned step masks to a checkpoint.
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_infer_arguments(p)
     p.set_defaults(func=_cmd_infer)
 
-    p = sub.add_parser("generate", help="synthetic vessel masks and fundus images from the retinal dual model")
+    p = sub.add_parser("generate", help="synthetic vessel masks and fundus images from the retinal dual model, or "
+                                             "unconditional images from a diffusion autoencoder (diffae)")
     add_generate_arguments(p)
     p.set_defaults(func=_cmd_generate)
 

@@ -1,7 +1,8 @@
 """Sampler accuracy on a problem with a known answer: a two-mode Gaussian mixture and its exact
 denoiser. Reports, per sampler, the mean per-coordinate 1-D Wasserstein distance to exact samples
 (with the floor set by two independent exact sample sets), mean and variance errors, network
-evaluations and, for ParaDiGMS, sequential rounds. gDDIM's order 0 is DDIM, so its rows use order 2."""
+evaluations and, for ParaDiGMS, sequential rounds. gDDIM's order 0 is DDIM, so its deterministic rows use
+order 2; its stochastic rows (lam > 0, order 0) use lam = 1 (DDIM eta = 1) and lam = 0.5."""
 
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ def sampler_accuracy(
         "gddim(q=2)-10": lambda: S.gddim(den, x_T, sched, steps=10, order=2),
         "gddim(q=2)-20": lambda: S.gddim(den, x_T, sched, steps=20, order=2),
         "gddim(q=2)-50": lambda: S.gddim(den, x_T, sched, steps=50, order=2),
+        **{f"gddim(lam={lam:g})-{k}": (lambda lam=lam, k=k: S.gddim(den, x_T, sched, steps=k, order=0, lam=lam,
+                                                                     generator=gen()))
+           for lam in (0.5, 1.0) for k in (10, 20, 50)},
         "dpm_solver_pp-10": lambda: S.dpm_solver_pp(den, x_T, sched, steps=10),
         "dpm_solver_pp-20": lambda: S.dpm_solver_pp(den, x_T, sched, steps=20),
         "dpm_solver_pp3m-20": lambda: S.dpm_solver_pp(den, x_T, sched, steps=20, order=3),

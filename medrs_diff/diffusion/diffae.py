@@ -8,6 +8,12 @@ Works with any ``encoder(x0) -> z_sem`` (B, D) and ``denoiser(x_t, t, z_sem) -> 
 step's fixed-point solve converges only while (step's eps coefficient) x Lipschitz(eps) < 1, so rough nets (e.g.
 some random initialisations) need more steps / ``fixed_point_iters``, and may fail with few steps.
 Edits move z_sem along a linear direction learned from labels and decode with the same x_T.
+
+Unconditional sampling (the paper's latent DDIM): a second diffusion over z_sem normalised per dimension by
+the training set's mean / std (:func:`latent_loss` trains its denoiser, e.g.
+:class:`~medrs_diff.nets.diffae.LatentMLP`, on its own schedule and loss; the paper: L1 on eps);
+:func:`diffae_sample` draws normalised z_sem by DDIM, unnormalises it, draws x_T ~ N(0, I) and decodes. The
+latent diffusion runs on the engine's spatial layout: z_sem (B, D) is a (B, D, 1, 1) tensor there.
 """
 
 from __future__ import annotations
@@ -17,11 +23,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .generators import GeneratorLike, randn
 from .process import DiffusionLoss, check_spatial
 from .samplers.ddim import ddim, ddim_invert
 from .schedules import Schedule, Spacing
 
-__all__ = ["class_mean_direction", "diffae_decode", "diffae_encode", "diffae_loss", "logistic_direction"]
+__all__ = [
+    "class_mean_direction",
+    "diffae_decode",
+    "diffae_encode",
+    "diffae_loss",
+    "diffae_sample",
+    "latent_loss",
+    "logistic_direction",
+    "sample_latent",
+]
 
 Encoder = Callable[[Tensor], Tensor]
 CondDenoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -95,6 +111,63 @@ def diffae_decode(
         _conditioned(denoiser, z), x_T, schedule, steps=steps, spacing=spacing, eta=0.0,
         prediction_type=prediction_type,
     )
+
+
+def latent_loss(
+    loss: DiffusionLoss,
+    latent_denoiser: Callable[[Tensor, Tensor], Tensor],
+    z_normalised: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The latent DDIM's objective on normalised z_sem (B, D) (detach it: the encoder is not trained by it)."""
+    _check_z(z_normalised, z_normalised.shape[0])
+    return loss(latent_denoiser, z_normalised[:, :, None, None], generator=generator)
+
+
+@torch.no_grad()
+def sample_latent(
+    latent_denoiser: Callable[[Tensor, Tensor], Tensor],
+    n: int,
+    z_dim: int,
+    schedule: Schedule,
+    *,
+    steps: int = 100,
+    generator: GeneratorLike = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``n`` normalised z_sem (n, z_dim) by deterministic DDIM (eta = 0) from z_T ~ N(0, I)."""
+    z_T = randn((n, z_dim, 1, 1), generator, device=device)
+    return ddim(latent_denoiser, z_T, schedule, steps=steps, eta=0.0).flatten(1)
+
+
+@torch.no_grad()
+def diffae_sample(
+    latent_denoiser: Callable[[Tensor, Tensor], Tensor],
+    denoiser: CondDenoiser,
+    shape: tuple[int, ...],
+    schedule: Schedule,
+    latent_schedule: Schedule,
+    z_mean: Tensor,
+    z_std: Tensor,
+    *,
+    steps: int = 50,
+    latent_steps: int = 100,
+    generator: GeneratorLike = None,
+) -> tuple[Tensor, Tensor]:
+    """Unconditional images: z_sem = mean + std * latent DDIM sample, x_T ~ N(0, I) of ``shape`` (B, C, H, W),
+    decoded by DDIM (eta = 0). Returns (x0, z_sem). Noise order per generator: z_T first, then x_T."""
+    if len(shape) not in (4, 5):
+        raise ValueError(f"shape must be (B, C, H, W) or (B, C, D, H, W), got {tuple(shape)}")
+    if z_mean.ndim != 1 or z_std.shape != z_mean.shape or not bool((z_std > 0).all()):
+        raise ValueError("z_mean and z_std must be (D,) tensors with std > 0 (the training z_sem statistics)")
+    device = z_mean.device
+    zn = sample_latent(latent_denoiser, shape[0], z_mean.numel(), latent_schedule, steps=latent_steps,
+                       generator=generator, device=device)
+    z = zn * z_std + z_mean
+    _check_z(z, shape[0])
+    x_T = randn(shape, generator, device=device)
+    return diffae_decode(denoiser, z, x_T, schedule, steps=steps), z
 
 
 def _check_labels(z: Tensor, labels: Tensor) -> Tensor:

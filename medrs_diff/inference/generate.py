@@ -94,7 +94,10 @@ def _settings(seed: int, n: int, mask_ckpt: Path, image_ckpt: Path | None, sampl
             "sampler": sampler, "steps": steps, "size": list(size)}
 
 
-def _check_output(output: Path, settings: dict[str, Any]) -> None:
+_SETTING_KEYS = ("seed", "mask_checkpoint", "image_checkpoint", "sampler", "steps", "size")
+
+
+def _check_output(output: Path, settings: dict[str, Any], keys: tuple[str, ...] = _SETTING_KEYS) -> None:
     """An empty or new folder, or one holding a generation with the same settings (N may differ: resume)."""
     check_folder_writable(output)
     if not output.exists():
@@ -111,7 +114,6 @@ def _check_output(output: Path, settings: dict[str, Any]) -> None:
         old = json.loads(manifest.read_text())
     except (OSError, ValueError) as err:
         raise DataError(manifest, f"cannot be read ({err})", "delete the output folder or choose another") from err
-    keys = ("seed", "mask_checkpoint", "image_checkpoint", "sampler", "steps", "size")
     changed = [k for k in keys if old.get(k) != settings.get(k)]
     if changed:
         raise DataError(output, f"holds a generation with other settings ({', '.join(changed)} differ)",

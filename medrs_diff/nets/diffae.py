@@ -10,9 +10,14 @@ exactly the paper's form. The affine maps' biases are initialised to 1 for the t
 weights to small values, so the untrained block starts as plain GroupNorm; this is a parameterisation of the
 same function class, not a change to it. Depth, width and the single down/up level are choices for small
 images (the paper's decoder is the ADM UNet); the 2-D network takes any even H, W.
+
+:class:`LatentMLP` is the latent DDIM's denoiser over normalised z_sem (the paper: an MLP with skip connections,
+10-20 layers of width 2048, time-modulated LayerNorm + SiLU layers; the official configs use 10 layers).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +25,7 @@ from torch import Tensor, nn
 
 from .light_unet import sinusoidal_embedding
 
-__all__ = ["AdaGN", "AdaGNResBlock", "DiffAEDenoiser", "SemanticEncoder"]
+__all__ = ["AdaGN", "AdaGNResBlock", "DiffAEDenoiser", "LatentMLP", "SemanticEncoder"]
 
 
 def _groups(channels: int) -> int:
@@ -122,3 +127,51 @@ class DiffAEDenoiser(nn.Module):
         h = self.up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.dec(torch.cat([h, h0], dim=1), emb, z)
         return self.out(h)
+
+
+class LatentMLPLayer(nn.Module):
+    """Linear -> times (1 + time scale) -> LayerNorm -> SiLU (the paper's latent-DDIM layer; last layer: Linear)."""
+
+    def __init__(self, in_dim: int, out_dim: int, t_dim: int, last: bool = False) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.last = last
+        if not last:
+            self.t_scale = nn.Sequential(nn.SiLU(), nn.Linear(t_dim, out_dim))
+            self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, h: Tensor, t_emb: Tensor) -> Tensor:
+        h = self.linear(h)
+        if self.last:
+            return h
+        return F.silu(self.norm(h * (1.0 + self.t_scale(t_emb))))
+
+
+class LatentMLP(nn.Module):
+    """eps_theta(z_t, t) over (normalised) z_sem: the paper's MLP with skip connections, the input z_t
+    concatenated to every hidden layer's input, each layer modulated by the timestep (scale), LayerNorm, SiLU.
+    Takes (B, D) or (B, D, 1, 1) (the engine's spatial layout) and returns the same shape."""
+
+    def __init__(self, z_dim: int = 32, hidden: int = 2048, layers: int = 10, t_dim: int = 64) -> None:
+        super().__init__()
+        if z_dim < 1 or hidden < 1 or layers < 2 or t_dim < 2:
+            raise ValueError(f"LatentMLP: need z_dim >= 1, hidden >= 1, layers >= 2, t_dim >= 2, got {z_dim}, "
+                             f"{hidden}, {layers}, {t_dim}")
+        self.z_dim, self.t_dim = z_dim, t_dim
+        self.t_mlp = nn.Sequential(nn.Linear(t_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        dims = [z_dim] + [hidden + z_dim] * (layers - 1)
+        self.layers = nn.ModuleList(
+            LatentMLPLayer(d, z_dim if i == layers - 1 else hidden, hidden, last=i == layers - 1)
+            for i, d in enumerate(dims)
+        )
+
+    def forward(self, z_t: Tensor, t: Tensor) -> Tensor:
+        shape = z_t.shape
+        z = z_t.flatten(1)
+        if z.shape[1] != self.z_dim or (z_t.ndim > 2 and math.prod(shape[2:]) != 1):
+            raise ValueError(f"LatentMLP: needs (B, {self.z_dim}) or (B, {self.z_dim}, 1, 1), got {tuple(shape)}")
+        emb = self.t_mlp(sinusoidal_embedding(t, self.t_dim))
+        h = z
+        for i, layer in enumerate(self.layers):
+            h = layer(h if i == 0 else torch.cat([h, z], dim=1), emb)
+        return h.reshape(shape)

@@ -9,7 +9,7 @@ from .base import Denoiser, Hook, Model, StepContext
 from .ddim import ddim, ddim_invert, ddim_step
 from .ddpm import ddpm, ddpm_step
 from .dpm_solver_pp import dpm_solver_pp
-from .gddim import DiagonalDiffusion, gddim, gddim_diagonal
+from .gddim import DiagonalDiffusion, gddim, gddim_diagonal, gddim_eta
 from .learned import attach_chain, attach_state, chains_state, fitted_steps, learned_chain
 from .paradigms import ParadigmsResult, paradigms
 from .registry import SAMPLERS, SamplerSpec, check_sampler, get_sampler, register_sampler, sampler_names
@@ -41,6 +41,7 @@ __all__ = [
     "fitted_steps",
     "gddim",
     "gddim_diagonal",
+    "gddim_eta",
     "get_sampler",
     "learned_chain",
     "paradigms",

@@ -41,8 +41,10 @@ class SamplerSpec:
 
     ``fn(denoise, x_T, schedule, *, ..., generator=None, ...)`` is the sampler function.
     ``stochastic``: it draws fresh noise along the chain with its default options (so samples
-    differ per seed; ``ddim`` does only with ``eta > 0``). ``requires``: keyword options it cannot
-    run without, each with what to pass. ``supports_hooks``: whether it runs per-step hooks
+    differ per seed; ``ddim`` does only with ``eta > 0``, ``gddim`` with ``lam > 0``).
+    ``stochastic_option``: the option that, when > 0, makes a sampler that is deterministic by default
+    stochastic (``eta``, ``lam``); :meth:`is_stochastic` answers for given options. ``requires``: keyword
+    options it cannot run without, each with what to pass. ``supports_hooks``: whether it runs per-step hooks
     (guidance, data consistency). ``result``: maps the function's return value to the final sample.
     """
 
@@ -53,6 +55,14 @@ class SamplerSpec:
     requires: Mapping[str, str] = field(default_factory=dict)
     supports_hooks: bool = True
     result: Callable[[Any], Tensor] | None = None
+    stochastic_option: str | None = None
+
+    def is_stochastic(self, **options: Any) -> bool:
+        """Whether a call with these options draws noise along the chain (so depends on the generator)."""
+        if self.stochastic:
+            return True
+        value = options.get(self.stochastic_option) if self.stochastic_option is not None else None
+        return value is not None and float(value) > 0
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -135,6 +145,7 @@ register_sampler(SamplerSpec(
 ))
 register_sampler(SamplerSpec(
     "ddim", ddim, "DDIM; deterministic with eta=0 (default), stochastic with eta>0", stochastic=False,
+    stochastic_option="eta",
 ))
 register_sampler(SamplerSpec(
     "dpm_solver_pp", dpm_solver_pp, "DPM-Solver++ 2M/3M multistep ODE solver, deterministic, few steps",
@@ -149,8 +160,9 @@ register_sampler(SamplerSpec(
     stochastic=True, supports_hooks=False, result=_final_sample,
 ))
 register_sampler(SamplerSpec(
-    "gddim", gddim, "gDDIM exponential integrator with multistep eps extrapolation (order 0 is DDIM), deterministic",
-    stochastic=False,
+    "gddim", gddim, "gDDIM exponential integrator with multistep eps extrapolation (order 0 is DDIM); "
+    "deterministic with lam=0 (default), stochastic with lam>0 (order=0; lam=1 is DDPM's posterior)",
+    stochastic=False, stochastic_option="lam",
 ))
 register_sampler(SamplerSpec(
     "bddm", bddm, "DDPM over the model's fitted BDDM schedule (steps: a fitted count; fit-schedule --kind bddm)",
