@@ -364,6 +364,10 @@ class Predictor:
             raise ArgumentError(None, f"generator must be a torch.Generator, got {type(generator).__name__}",
                                 "pass seed= (per-window seeds) or a torch.Generator")
         if sampler is not None:
+            if not self.method.uses_samplers:
+                raise ArgumentError("--sampler", f"the {self.method.name} model does not sample with the registered "
+                                    f"samplers, so {sampler!r} would be ignored", "drop --sampler (--steps still "
+                                    "applies where the method has steps)")
             check_sampler(sampler)
             check_learned_sampler(self.method, sampler, steps)  # bddm / masked: a fitted chain of these steps
         return lambda case: self._window_fn(sampler, steps, n_samples, int(seed), generator, case)

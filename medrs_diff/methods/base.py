@@ -155,6 +155,9 @@ class Method(nn.Module):
     outputs: tuple[str, ...] = ("prediction",)
     #: outputs that live in model space and go back to data units through the data module's scaling
     data_space: tuple[str, ...] = ()
+    #: whether ``predict`` samples with the registered samplers, so a ``sampler`` name applies to it (inference
+    #: refuses ``--sampler`` for methods that do not: regression baselines, DDBM's own bridge sampler)
+    uses_samplers: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -334,6 +337,7 @@ class DiffusionMethod(Method):
     schedule: Schedule
     sampler: str = "ddpm"
     sampling_steps: int | None = None
+    uses_samplers = True
 
     @property
     def denoiser(self) -> nn.Module:

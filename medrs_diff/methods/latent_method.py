@@ -161,6 +161,10 @@ class LatentMethod(LatentSpace, Method):
         return int(self.ae.in_channels if self.modes[key] == "encode" else self.inner.io_spec.inputs[key])
 
     @property
+    def uses_samplers(self) -> bool:  # type: ignore[override] - the wrapped method's
+        return bool(self.inner.uses_samplers)
+
+    @property
     def factor(self) -> int:
         """Image pixels per latent pixel (the autoencoder's downsampling)."""
         return int(self.ae.downsampling)

@@ -231,3 +231,15 @@ def test_output_names_and_a_file_name_for_a_folder_is_refused(seg2d, tmp_path):
     with pytest.raises(DataError, match="a nifti input gives nifti outputs"):
         nib.save(nib.Nifti1Image(np.ones((16, 16), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
         p.predict_files(tmp_path / "v.nii.gz", tmp_path / "v.tif", steps=1, n_samples=1)
+
+
+def test_a_sampler_is_refused_for_a_method_that_does_not_sample_with_the_registry(tmp_path):
+    """A regression model (or DDBM, with its own bridge sampler) would silently ignore --sampler: refused instead."""
+    from medrs_diff.methods import RegressionUNet
+
+    torch.manual_seed(3)
+    m = RegressionUNet(channels=[8, 8], num_res_units=1).eval()
+    p = Predictor.from_checkpoint(_checkpoint(m, tmp_path / "reg.ckpt", "zscore"))
+    with pytest.raises(ArgumentError, match=r"--sampler: .*would be ignored"):
+        p.predict_array(np.zeros((8, 8), np.float32), sampler="ddim")
+    assert p.predict_array(np.zeros((8, 8), np.float32))["prediction"].shape == (1, 8, 8)
