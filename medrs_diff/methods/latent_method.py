@@ -116,7 +116,8 @@ class LatentMethod(LatentSpace, Method):
                                 _FIX_INNER)
         self.init_latent_space(autoencoder, autoencoder_config, scale_factor, latent_std)
         c = self.ae.latent_channels
-        init_args = dict(method.get("init_args") or {})
+        # a command-line override of this dict-typed argument turns YAML nulls into the string 'None'
+        init_args = {k: None if v in ("None", "null") else v for k, v in dict(method.get("init_args") or {}).items()}
         params = inspect.signature(cls.__init__).parameters
         for key in ("in_channels", "out_channels"):
             if key in params and key not in init_args:

@@ -218,3 +218,11 @@ def test_latent_srdiff_learns_super_resolution_on_phantoms():
     assert out["prediction"].shape == test.shape
     assert score(out["regression"]) >= bicubic + 1.0
     assert score(out["prediction"]) >= score(untrained["prediction"]) + 3.0
+
+
+def test_a_command_line_none_string_in_the_inner_arguments_is_null():
+    """jsonargparse passes YAML nulls of a dict-typed argument overridden on the command line as 'None'."""
+    spec = srdiff(scale=4)
+    spec["init_args"]["sampling_steps"] = "None"
+    m = LatentMethod(method=spec, autoencoder_config=AE3, scale_factor=0.5)
+    assert m.inner.sampling_steps is None
