@@ -12,30 +12,19 @@ chains, by the distance to the 100-step DDIM solution from the same x_T. Writes 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from medrs_diff.diffusion.samplers import fitted_steps
-from medrs_diff.methods.srdiff import SRDiff
-from medrs_diff.train.learned_schedule import fit_learned_schedules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
 
+from test_learned_schedule import _pairs as pairs  # noqa: E402 - the test's phantoms, one definition
 
-def fields(n: int, g: torch.Generator, size: int = 16) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    out = torch.zeros(n, 1, size, size)
-    for _ in range(3):
-        c, s, a = torch.rand(n, 2, generator=g), 0.08 + 0.15 * torch.rand(n, generator=g), torch.rand(n, generator=g)
-        d2 = (xx - c[:, 0, None, None]) ** 2 + (yy - c[:, 1, None, None]) ** 2
-        out += ((2 * a - 1)[:, None, None] * torch.exp(-d2 / (2 * s[:, None, None] ** 2)))[:, None]
-    return out.clamp(-1, 1)
-
-
-def pairs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-    hr = fields(n, g)
-    return {"cond": F.avg_pool2d(hr, 2), "image": hr}
+from medrs_diff.diffusion.samplers import fitted_steps  # noqa: E402
+from medrs_diff.methods.srdiff import SRDiff  # noqa: E402
+from medrs_diff.train.learned_schedule import fit_learned_schedules  # noqa: E402
 
 
 def main() -> None:
