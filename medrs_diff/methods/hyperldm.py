@@ -254,17 +254,14 @@ class HyperLDM(DiffusionMethod):
         feats = self.cond_encoder(rgb)[-1]
         return self.objective(lambda x, t: self.unet(x, t, cond=feats), x0, generator=generator)
 
-    def pair_refusal(self) -> ArgumentError | None:
-        if not self.latent_std.is_set:
-            return ArgumentError(f"method {self.name}", "has no latent scale yet (its latent diffusion stage never "
-                                 "ran), so its latent chain cannot be fitted", "train past pretrain_steps first")
-        return super().pair_refusal()
-
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The latent stage: the RGB-conditioned UNet and the batch's scaled quantised latents (no clipping, as
-        sampled; the chain runs in latent space)."""
+        sampled; the chain runs in latent space). Refused until the latent stage has run (no latent scale)."""
         if (err := self.pair_refusal()) is not None:
             raise err
+        if not self.latent_std.is_set:  # checked here, not in pair_refusal: a recipe's callback checks before training
+            raise ArgumentError(f"method {self.name}", "has no latent scale yet (its latent diffusion stage never "
+                                "ran), so its latent chain cannot be fitted", "train past pretrain_steps first")
         rgb, hsi = self._pair(batch)
         feats, net = self.cond_encoder(rgb)[-1], self.unet
         return DiffusionPair(lambda x, t: net(x, t, cond=feats), self.latents(hsi) / self.latent_std.value, "eps",

@@ -82,7 +82,8 @@ def test_refusals_are_one_line_argument_errors(name):
     with pytest.raises(ArgumentError, match=REFUSED[name]) as err:
         m.diffusion_pair(_batch(name))
     _one_line(err)
-    assert str(m.pair_refusal()) == str(err.value)  # what the callback / fit-schedule check before training
+    if name != "hyperldm":  # its refusal depends on the training stage, so it is not checked before training
+        assert str(m.pair_refusal()) == str(err.value)  # what the callback / fit-schedule check before training
 
 
 def test_a_method_without_a_pair_lists_the_methods_that_have_one():
