@@ -5,6 +5,7 @@ implements :meth:`sample_masks` (and, where it needs more, :meth:`extra_outputs`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,8 +15,8 @@ from ..diffusion.generators import GeneratorLike
 from ..diffusion.process import DiffusionLoss
 from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
-from ._segmentation import check_fusion, decode_samples, encode_mask, mask_channels
-from .base import DiffusionMethod, check_sampler, mask_batch
+from ._segmentation import check_fusion, decode_samples, encode_mask, mask_channels, simplex_denoiser
+from .base import DiffusionMethod, DiffusionPair, check_sampler, mask_batch
 
 __all__ = ["DiffusionSegmenter"]
 
@@ -73,6 +74,21 @@ class DiffusionSegmenter(DiffusionMethod):
             raise DataError("batch", f"{type(self).__name__} training needs batch[{self.target_key!r}] (the mask)",
                             "use a data module that provides it")
         return image, label, encode_mask(label, self.num_classes)  # checks the label values first
+
+    def mask_denoiser(self, image: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """The eps-denoiser ``(x_t, t) -> eps`` of masks conditioned on ``image`` exactly as :meth:`sample_masks`
+        conditions it (one sample per case; the image features computed once)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement mask_denoiser")
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The image-conditioned mask denoiser (through the simplex projection for K-class masks, as sampled) and
+        the encoded mask x0 of an (image, label) batch."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        image, _, x0 = self.training_pair(batch)
+        denoise = self.mask_denoiser(image)
+        return DiffusionPair(simplex_denoiser(denoise, self.schedule) if self.simplex else denoise, x0, "eps",
+                             {"clip": True})
 
     def mask_shape(self, image: Tensor) -> tuple[int, ...]:
         """The shape (B, mask channels, *spatial) of the masks sampled for ``image``."""

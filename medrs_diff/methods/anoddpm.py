@@ -111,6 +111,9 @@ class AnoDDPM(DiffusionMethod):
         self.threshold = None if threshold is None else float(threshold)
         self.n_samples, self.sampler, self.sampling_steps = n_samples, sampler, sampling_steps
 
+    no_learned_chain = ("its chain starts at lam from the noised image (partial diffusion), not at pure noise, and "
+                        "walks simplex noise by default")
+
     # -- contract ---------------------------------------------------------------------------------
     @property
     def denoiser(self) -> ConditionedUNet:

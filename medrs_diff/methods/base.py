@@ -352,10 +352,46 @@ class DiffusionMethod(Method):
     def fast_path_target(self) -> nn.Module:
         return self.denoiser
 
+    #: why this method's sampling chain can take no learned schedule, for every configuration ("" when it can,
+    #: or when :meth:`diffusion_pair` is simply not implemented); :meth:`pair_refusal` turns it into the error
+    no_learned_chain: ClassVar[str] = ""
+
+    def pair_refusal(self) -> ArgumentError | None:
+        """The one-line error :meth:`diffusion_pair` raises for this configuration, or None when it returns a pair.
+
+        Checked before any training or fitting (the ``LearnedSchedule`` callback, ``medrs-diff fit-schedule``).
+        A method whose pair depends on a recipe switch overrides this (return :func:`no_diffusion_pair`).
+        """
+        if self.no_learned_chain:
+            return ArgumentError(
+                f"method {self.name}", f"{self.no_learned_chain}, so no BDDM schedule or step mask can be fitted to "
+                "it", "sample it with the evenly spaced samplers (ddpm, ddim, ...)",
+            )
+        if type(self).diffusion_pair is DiffusionMethod.diffusion_pair:
+            return ArgumentError(
+                f"method {self.name}", "does not expose its conditioned denoiser and clean x0 (diffusion_pair), which "
+                "fitting a learned schedule (BDDM / step masks) needs", "use a method that implements "
+                f"diffusion_pair ({', '.join(pair_methods())})",
+            )
+        return None
+
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
-        """The conditioned denoiser and clean x0 of a training batch (optional; learned schedules need it)."""
-        raise ArgumentError(
-            f"method {self.name}", "does not expose its conditioned denoiser and clean x0 (diffusion_pair), which "
-            "fitting a learned schedule (BDDM / step masks) needs", "use a method that implements "
-            "diffusion_pair (srdiff, segdiff, latent_ddpm, retinal_mask_ddpm, retinal_image_ddpm, sar_ddpm)",
-        )
+        """The conditioned denoiser and clean x0 of a training batch (optional; learned schedules need it).
+
+        An implementation starts with ``if (err := self.pair_refusal()) is not None: raise err``.
+        """
+        err = self.pair_refusal()
+        raise err if err is not None else NotImplementedError(f"{type(self).__name__}.diffusion_pair")
+
+
+def pair_methods() -> list[str]:
+    """Short names of the project's diffusion methods that implement :meth:`DiffusionMethod.diffusion_pair`
+    (derived from the loaded classes, so the refusal message never goes stale)."""
+    names, stack = set(), list(DiffusionMethod.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if (cls.__module__.startswith("medrs_diff.") and "name" in vars(cls) and not cls.no_learned_chain
+                and cls.diffusion_pair is not DiffusionMethod.diffusion_pair):
+            names.add(cls.name)
+    return sorted(names)

@@ -39,7 +39,7 @@ from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
-from .base import DiffusionMethod, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler
 
 Condition = Literal["spatial", "diffusion", "both"]
 CONDITIONS = ("spatial", "diffusion", "both")
@@ -141,6 +141,23 @@ class BCDPM(DiffusionMethod):
                             "use a data module that provides it (PETDoseDataModule)")
         cond = ld if self.spatial else None
         return self.objective(lambda x, t: self.unet(x, t, cond=cond), fd, generator=generator)
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The (spatially LD-conditioned, or unconditional) UNet and the full-dose image; with the diffusion-domain
+        condition the pair's options carry the LD condition block, so a fitted chain is scored with the block
+        acting on every step of it, as ``predict`` samples (the block reads each step's alpha-bar, so it follows
+        any chain)."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        ld, fd = self._inputs(batch)
+        if fd is None:
+            raise DataError("batch", f"BC-DPM's diffusion pair needs batch[{self.target_key!r}] (the full-dose image)",
+                            "use a data module that provides it (PETDoseDataModule)")
+        cond, net = (ld if self.spatial else None), self.unet
+        options: dict[str, Any] = {"clip": True}
+        if self.diffusion_domain:
+            options["hooks"] = [self.block(ld)]
+        return DiffusionPair(lambda x, t: net(x, t, cond=cond), fd, "eps", options)
 
     @torch.no_grad()
     def predict(

@@ -47,7 +47,7 @@ from ..errors import ArgumentError, DataError
 from ..nets.blindsrsnf import BlindSRDenoiser, DegradationEncoder
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ._sampling import repeat_batch, sample_n
-from .base import DiffusionMethod, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler
 
 #: batch key of a second LR patch with the same degradation as ``cond`` (the MoCo positive)
 COND_KEY = "cond_key"
@@ -244,6 +244,19 @@ class BlindSRSNF(DiffusionMethod):
         total = l_diff + self.sr_weight * l_sr + self.contrast_weight * nce
         logs = {**logs, "loss_sr": l_sr.detach(), "loss_infonce": nce.detach()}
         return total, logs
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The x0-predicting denoiser conditioned on the LR's content (SR estimate, features) and degradation code,
+        as ``predict`` conditions it, and the HR image."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        lr, hr = self._pair(batch)
+        if hr is None:
+            raise DataError("batch", f"BlindSRSNF's diffusion pair needs batch[{self.target_key!r}] (the HR image)",
+                            "use a data module that provides it (BlindSRDataModule)")
+        sr, ctx = self.content(lr)
+        rep, net = self.degradation(lr), self.unet
+        return DiffusionPair(lambda x, t: net(x, t, sr=sr, ctx=ctx, rep=rep), hr, "x0", {"clip": True})
 
     # -- inference --------------------------------------------------------------------------------
     @torch.no_grad()

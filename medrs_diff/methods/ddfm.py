@@ -30,7 +30,7 @@ from ..errors import ArgumentError, DataError
 from ..metrics.fusion import mutual_information
 from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
-from .base import DiffusionMethod, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler
 
 
 class DDFM(DiffusionMethod):
@@ -108,6 +108,15 @@ class DDFM(DiffusionMethod):
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         x0 = self.prior_images(batch[self.input_key])
         return self.objective(lambda x, t: self.unet(x, t), x0, generator=generator)
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The unconditional prior and its training images (each case's ``prior_channels``). A fitted chain is the
+        prior's: ``predict`` walks it with the DDFM fusion hook refining every x0 estimate, which has no clean
+        target to fit against, so the fit scores chains on the prior alone."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        net = self.unet
+        return DiffusionPair(lambda x, t: net(x, t), self.prior_images(batch[self.input_key]), "eps", {"clip": True})
 
     # -- fusion ------------------------------------------------------------------------------------------
     def sources(self, image: Tensor) -> tuple[Tensor, Tensor]:

@@ -55,6 +55,9 @@ class DiffAE(DiffusionMethod):
     outputs = ("prediction", "stochastic_code")
     data_space = ("prediction",)
 
+    no_learned_chain = ("predict encodes by DDIM inversion and decodes by DDIM on evenly spaced steps, and generate "
+                        "decodes the same way, so no sampler would walk a learned chain")
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -61,8 +61,9 @@ from ..nets.evidential import (
 )
 from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
+from ._segmentation import simplex_denoiser
 from ._segmenter import DiffusionSegmenter
-from .base import IOSpec
+from .base import DiffusionPair, IOSpec
 
 __all__ = ["EIDDPM", "dirichlet_kl", "evidential_ce"]
 
@@ -259,6 +260,27 @@ class EIDDPM(DiffusionSegmenter):
         if self.training:
             self.steps_seen += 1
         return noise_loss + self.evidential_weight * evid, logs
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The M branches as one chain: x0 is the encoded mask repeated once per branch on the channel axis
+        (B, M x C, ...), and the denoiser runs branch m, conditioned on modality m (through the simplex projection
+        for K-class masks, as sampled), on channel group m. The branches share the schedule and the sampler and
+        draw independent chains, so this is exactly the M chains :meth:`sample_branches` walks, and a chain fitted
+        to it minimises their summed error."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        image, _, x0 = self.training_pair(batch)
+        c, schedule, simplex = self.out_channels, self.schedule, self.simplex
+        nets = []
+        for m, branch in enumerate(self.branches):
+            def net(x: Tensor, t: Tensor, b: nn.Module = branch, cond: Tensor = image[:, m:m + 1]) -> Tensor:
+                return b(x, t, cond=cond)
+            nets.append(simplex_denoiser(net, schedule) if simplex else net)
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            return torch.cat([net(x[:, m * c:(m + 1) * c], t) for m, net in enumerate(nets)], 1)
+
+        return DiffusionPair(denoise, x0.repeat(1, len(nets), *([1] * (x0.ndim - 2))), "eps", {"clip": True})
 
     @torch.no_grad()
     def sample_branches(self, image: Tensor, n: int, sampling: dict[str, Any]) -> Tensor:

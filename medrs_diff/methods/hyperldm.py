@@ -49,7 +49,7 @@ from ..metrics.spectral import sam
 from ..nets.hyperldm import FrozenFloat, HyperVQAE, RGBPyramid, spectral_angle
 from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
-from .base import DiffusionMethod, IOSpec, check_sampler
+from .base import DiffusionMethod, DiffusionPair, IOSpec, check_sampler
 
 #: batch key of the endmember library (bands, K) or (B, bands, K)
 ENDMEMBERS = "endmembers"
@@ -253,6 +253,19 @@ class HyperLDM(DiffusionMethod):
         x0 = z / self.latent_std.value
         feats = self.cond_encoder(rgb)[-1]
         return self.objective(lambda x, t: self.unet(x, t, cond=feats), x0, generator=generator)
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """The latent stage: the RGB-conditioned UNet and the batch's scaled quantised latents (no clipping, as
+        sampled; the chain runs in latent space). Refused until the latent stage has run (no latent scale)."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        if not self.latent_std.is_set:  # checked here, not in pair_refusal: a recipe's callback checks before training
+            raise ArgumentError(f"method {self.name}", "has no latent scale yet (its latent diffusion stage never "
+                                "ran), so its latent chain cannot be fitted", "train past pretrain_steps first")
+        rgb, hsi = self._pair(batch)
+        feats, net = self.cond_encoder(rgb)[-1], self.unet
+        return DiffusionPair(lambda x, t: net(x, t, cond=feats), self.latents(hsi) / self.latent_std.value, "eps",
+                             {"clip": False})
 
     # -- inference ------------------------------------------------------------------------------------
     @torch.no_grad()

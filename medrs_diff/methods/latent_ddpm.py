@@ -120,10 +120,13 @@ class LatentDDPM(LatentSpace, DiffusionMethod):
             loss, logs = self.objective(lambda z, t: self.unet(z, t), z0, generator=generator)
         return loss, {**logs, "latent_scale": torch.tensor(self.scale)}
 
+    def pair_refusal(self) -> ArgumentError | None:
+        return no_diffusion_pair(self, "pyramid") if self.pyramid is not None else super().pair_refusal()
+
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The latent UNet and the scaled latents of a batch's images (the chain runs in latent space)."""
-        if self.pyramid is not None:
-            raise no_diffusion_pair(self, "pyramid")
+        if (err := self.pair_refusal()) is not None:
+            raise err
         return DiffusionPair(lambda z, t: self.unet(z, t), self.latents(self._image(batch)), "eps", {})
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ and blended numbers separately, since the blended ones partly come from a discri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -142,6 +142,11 @@ class MedSegDiffV1(DiffusionSegmenter):
         cal_loss = ((held["calibration"] - (x0 + 1) / 2) ** 2).mean()
         logs["loss_calibration"] = cal_loss.detach()
         return loss + self.calibration_weight * cal_loss, logs
+
+    def mask_denoiser(self, image: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """The eps output only: the calibration head (``calibration: true``) acts after the chain, not in it."""
+        features, net = self.net.image_features(image), self.net
+        return lambda x, t: net(x, t, features=features)
 
     # -- inference --------------------------------------------------------------------------------
     def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:

@@ -33,7 +33,7 @@ the diffusion numbers, not these.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -157,6 +157,11 @@ class MedSegDiffV2(DiffusionSegmenter):
         logs["loss_noise"] = noise_loss.detach()
         logs["loss_anchor"] = anchor_loss.detach()
         return noise_loss + self.anchor_weight * anchor_loss, logs
+
+    def mask_denoiser(self, image: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        _, anchor, semantic = self.conditions(image)
+        net = self.net
+        return lambda x, t: net(x, t, anchor=anchor, semantic=semantic)
 
     # -- inference --------------------------------------------------------------------------------
     def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:

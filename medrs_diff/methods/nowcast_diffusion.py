@@ -45,7 +45,7 @@ from ..errors import ArgumentError, DataError
 from ..metrics import psnr
 from ..nets.spacetime_transformer import SequenceDiscriminator, SpaceTimeTransformer
 from ._sampling import repeat_batch, sample_n
-from .base import DiffusionMethod, IOSpec, check_sampler
+from .base import DiffusionMethod, DiffusionPair, IOSpec, check_sampler, no_diffusion_pair
 
 OBJECTIVES = ("ddgan", "ddpm")
 
@@ -171,6 +171,29 @@ class NowcastDiffusion(DiffusionMethod):
             return self.objective(model, flat, generator=generator)
         d_loss, g_loss, logs = self.ddgan_terms(past, fut, generator)
         return d_loss + g_loss, logs
+
+    def pair_refusal(self) -> ArgumentError | None:
+        if self.objective_name == "ddgan":
+            return no_diffusion_pair(self, "objective: ddgan (a few large GAN-trained reverse steps, not a denoiser "
+                                     "trained at every timestep)")
+        return super().pair_refusal()
+
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """``objective: ddpm`` only: the past-conditioned transformer on the future frames as channels (B, M, H, W)
+        and those frames, as ``predict`` samples them."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        past, fut = self._inputs(batch)
+        if fut is None:
+            raise DataError("batch", f"the diffusion pair needs batch[{IMAGE!r}] (the future frames)",
+                            "use a radar window data module (NowcastDataModule)")
+        net, m = self.net, self.future_frames
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            return net(x.reshape(x.shape[0], m, 1, *x.shape[2:]), t, past).reshape(x.shape)
+
+        return DiffusionPair(denoise, fut.reshape(fut.shape[0], m, *fut.shape[3:]), self.prediction_type,
+                             {"clip": True})
 
     def ddgan_terms(self, past: Tensor, x0: Tensor, generator: torch.Generator | None = None
                     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -258,10 +258,13 @@ class RetinalMaskDDPM(_RetinalDDPM):
             return pyramid_loss(objective, self.pyramid[0], self.unet, x0, generator)
         return mse_l1_eps_loss(self.unet, self.schedule, x0, generator)
 
+    def pair_refusal(self) -> ArgumentError | None:
+        return no_diffusion_pair(self, "pyramid") if self.pyramid is not None else super().pair_refusal()
+
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The (unconditional) mask UNet and the batch's masks in {-1, 1} (vessel inside the FOV)."""
-        if self.pyramid is not None:
-            raise no_diffusion_pair(self, "pyramid")
+        if (err := self.pair_refusal()) is not None:
+            raise err
         label = batch.get(LABEL)
         if not isinstance(label, Tensor):
             raise DataError("batch", "the mask DDPM's diffusion pair needs batch['label'] (vessel masks)",

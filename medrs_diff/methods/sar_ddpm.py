@@ -153,10 +153,13 @@ class SARDDPM(DiffusionMethod):
                                        generator=generator)
         return self.objective(lambda x, t: self.unet(x, t, cond=speckled), clean, generator=generator)
 
+    def pair_refusal(self) -> ArgumentError | None:
+        return no_diffusion_pair(self, "process: rddm") if self.process == "rddm" else super().pair_refusal()
+
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The speckle-conditioned UNet (eps channels only) and the clean image of a (speckled, clean) batch."""
-        if self.process == "rddm":
-            raise no_diffusion_pair(self, "process: rddm")
+        if (err := self.pair_refusal()) is not None:
+            raise err
         speckled, clean = self._inputs(batch)
         if clean is None:
             raise DataError("batch", f"SAR-DDPM's diffusion pair needs batch[{self.target_key!r}] (the clean image)",

@@ -13,7 +13,7 @@ entropy as uncertainty (:mod:`medrs_diff.methods._segmentation`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,9 +22,8 @@ from torch import Tensor
 from ..nets.rrdb import RRDBEncoder
 from ..nets.unet import ConditionedUNet, check_downsample
 from ._sampling import sample_with_features
-from ._segmentation import FUSIONS, simplex_denoiser
+from ._segmentation import FUSIONS
 from ._segmenter import DiffusionSegmenter
-from .base import DiffusionPair
 
 __all__ = ["FUSIONS", "SegDiff"]
 
@@ -74,17 +73,9 @@ class SegDiff(DiffusionSegmenter):
         features = self.encoder(image)
         return self.objective(lambda x, t: self.unet(x, t, features=features), x0, generator=generator)
 
-    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
-        """The image-conditioned UNet and the encoded mask x0 of an (image, label) batch."""
-        image, _, x0 = self.training_pair(batch)
-        features = self.encoder(image)
-        net = self.unet
-
-        def denoise(x: Tensor, t: Tensor) -> Tensor:
-            return net(x, t, features=features)
-
-        return DiffusionPair(simplex_denoiser(denoise, self.schedule) if self.simplex else denoise, x0, "eps",
-                             {"clip": True})
+    def mask_denoiser(self, image: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        features, net = self.encoder(image), self.unet
+        return lambda x, t: net(x, t, features=features)
 
     def sample_masks(self, image: Tensor, n_samples: int, sampling: dict[str, Any]) -> tuple[Tensor, dict]:
         return sample_with_features(self, self.encoder(image), self.mask_shape(image), n_samples=n_samples,

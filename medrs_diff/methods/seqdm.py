@@ -39,7 +39,7 @@ from ..diffusion.schedules import make_schedule
 from ..errors import ArgumentError, DataError
 from ..nets.unet import ConditionedUNet
 from ._sampling import repeat_batch, sample_n
-from .base import DiffusionMethod, IOSpec, check_sampler
+from .base import DiffusionMethod, DiffusionPair, IOSpec, check_sampler
 
 SAR_VALID = K.SAR_VALID
 DATE_VALID = K.DATE_VALID
@@ -214,6 +214,20 @@ class SeqDM(DiffusionMethod):
             acc = acc + frac * (eps - acc)
         return acc
 
+    def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
+        """SeqTIS's fused denoiser over the batch's dates (what ``predict`` samples with; with one date it is the
+        single-date model the loss trains) and the clear image."""
+        if (err := self.pair_refusal()) is not None:
+            raise err
+        seq = self.sequence(batch)
+        clear = batch.get(self.target_key)
+        if clear is None or clear.shape != seq["s2"].shape[:1] + seq["s2"].shape[2:]:
+            got = None if clear is None else tuple(clear.shape)
+            raise DataError("batch", f"SeqDM's diffusion pair needs batch['image'] (the clear S2) on the dates' grid, "
+                            f"got {got}", "use CloudSeriesDataModule (it provides it)")
+        return DiffusionPair(lambda x, t: self.fused_prediction(x, t, seq), clear, self.prediction_type,
+                             {"clip": True})
+
     @torch.no_grad()
     def predict(
         self,
@@ -231,12 +245,12 @@ class SeqDM(DiffusionMethod):
         n = self.n_samples if n_samples is None else int(n_samples)
         shape = (s2.shape[0], s2.shape[2], *s2.shape[3:])
         name = sampler if sampler is not None else self.default_sampler
-        kw: dict[str, Any] = {"variance": "fixed_small"} if name == "ddpm" else {}
-        if name in ("ddpm", "ddim"):
+        kw: dict[str, Any] = {"variance": "fixed_small"} if name in ("ddpm", "bddm") else {}
+        if name in ("ddpm", "ddim", "bddm", "masked"):
             kw["prediction_type"] = self.prediction_type
         elif self.prediction_type != "eps":
             raise ArgumentError("sampler", f"{name!r} takes eps predictions; this model predicts "
-                                f"{self.prediction_type}", "use sampler ddpm or ddim")
+                                f"{self.prediction_type}", "use sampler ddpm, ddim, bddm or masked")
         out = sample_n(lambda x, t: self.fused_prediction(x, t, seq, n), shape, self.schedule, n_samples=n,
                        sampler=name,
                        steps=steps if steps is not None else self.sampling_steps, device=s2.device,

@@ -159,10 +159,13 @@ class SRDiff(DiffusionMethod):
         x0 = self.residual.encode(hr, self.upsample(lr))
         return self.objective(lambda x, t: self.unet(x, t, features=features), x0, generator=generator)
 
+    def pair_refusal(self) -> ArgumentError | None:
+        return no_diffusion_pair(self, "process: rddm") if self.process == "rddm" else super().pair_refusal()
+
     def diffusion_pair(self, batch: dict[str, Any]) -> DiffusionPair:
         """The frozen-encoder-conditioned UNet and the scaled residual x0 of an (LR, HR) batch."""
-        if self.process == "rddm":
-            raise no_diffusion_pair(self, "process: rddm")
+        if (err := self.pair_refusal()) is not None:
+            raise err
         lr, hr = self._inputs(batch)
         if hr is None:
             raise DataError("batch", f"SRDiff's diffusion pair needs batch[{self.target_key!r}] (the HR image)",

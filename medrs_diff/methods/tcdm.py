@@ -39,7 +39,7 @@ from ..diffusion.samplers import SAMPLERS
 from ..diffusion.samplers.truncated import sample_from_estimate
 from ..errors import ArgumentError, DataError
 from ._sampling import repeat_batch, sample_with_features
-from .base import check_sampler
+from .base import check_sampler, no_diffusion_pair
 from .srdiff import SRDiff
 
 #: LR values (model space) above this are outside any range the model can have been trained on.
@@ -117,6 +117,12 @@ class TCDM(SRDiff):
         if self.full_chain:
             return len(self.schedule) - 1
         return self.schedule.index_of_timestep(self.t_trunc)
+
+    def pair_refusal(self) -> ArgumentError | None:
+        if not self.full_chain:
+            return no_diffusion_pair(self, f"t_trunc: {self.t_trunc} (the chain starts at the CTNG's truncated "
+                                     "estimate, not at pure noise; t_trunc = timesteps is the plain chain)")
+        return super().pair_refusal()
 
     def check_scale(self, scale: Any) -> None:
         """Refuse a requested factor (an int, or a batch's per-item factors) other than the trained one."""

@@ -107,8 +107,9 @@ def check_method(method: Any, steps: Sequence[int], candidates: int, where: str 
     if not isinstance(method, DiffusionMethod):
         raise ArgumentError(where, f"{type(method).__name__} is not a diffusion method (no sampling chain to learn)",
                             "use a diffusion method's checkpoint / recipe")
-    if type(method).diffusion_pair is DiffusionMethod.diffusion_pair:
-        method.diffusion_pair({})  # raises the contract's one-line "not supported" error
+    refusal = method.pair_refusal()  # the contract's one-line "no plain chain / not supported" error
+    if refusal is not None:
+        raise refusal
     n = len(method.schedule)
     if steps[-1] > n:
         raise ArgumentError("steps", f"{method.name} has {n} training steps, asked a {steps[-1]}-step chain",
@@ -239,8 +240,9 @@ def fit_learned_schedules(
         else:
             cand = schedule.respace(n_cand, "linspace")
             x_fit = torch.randn(x0s[0].shape, generator=torch.Generator().manual_seed(seed + 3))
-            ref = ddim(eps[0], x_fit, cand, steps=None, **options)
-            loss = ode_error_loss(lambda c: ddim(eps[0], x_fit, c, steps=None, **options), ref)
+            opts0 = dict(pairs[0].options or {})  # batch 0's options (hooks may hold that batch's conditioning)
+            ref = ddim(eps[0], x_fit, cand, steps=None, **opts0)
+            loss = ode_error_loss(lambda c: ddim(eps[0], x_fit, c, steps=None, **opts0), ref)
             for budget in counts:
                 res = learn_step_mask(loss, cand, budget, iters=fit_steps, samples=mask_samples, generator=g0)
                 chain = res.schedule

@@ -84,10 +84,10 @@ def test_bad_arguments_are_refused_before_compute():
         DiffusionTask(method=m, val_sampler="bddm")
     with pytest.raises(ArgumentError, match="srdiff has 100 training steps"):
         fit_learned_schedules(m, [], kind="bddm", steps=[200])
-    from medrs_diff.methods.eiddpm import EIDDPM
+    from medrs_diff.methods.anoddpm import AnoDDPM
 
-    with pytest.raises(ArgumentError, match=r"does not expose .*diffusion_pair"):
-        fit_learned_schedules(EIDDPM.__new__(EIDDPM), [], kind="bddm", steps=[5])
+    with pytest.raises(ArgumentError, match=r"^method anoddpm: its chain starts at lam .* no BDDM schedule"):
+        fit_learned_schedules(AnoDDPM.__new__(AnoDDPM), [], kind="bddm", steps=[5])
 
 
 # -- learning: chains fitted on a trained phantom model beat even spacing on fresh data -------------------------
