@@ -9,13 +9,16 @@ names, one per class: what the recipes' ``val_fraction: 0.25`` also picks), the 
 ``patch_size``, and no validation during training (the last checkpoint is scored). The held-out cases are then
 segmented through :class:`~medrs_diff.inference.Predictor` (what ``medrs-diff infer`` runs: blended sliding
 windows of the training patch size) with each recipe's sampler (DPM-Solver++, 20 steps, ensemble 5;
-MedSegDiff V1 is pure diffusion: calibration off), and scored at the resized resolution with
-:func:`~medrs_diff.evaluation.fundus_baselines.fov_scores` (labels and FOV resized nearest by the data module).
+MedSegDiff V1 is pure diffusion: calibration off; the opt-in row ``medsegdiff_v1_repo_input`` is the same
+recipe with ``image_in_diffusion_encoder: true``, the official code's input path), and scored at the resized
+resolution with :func:`~medrs_diff.evaluation.fundus_baselines.fov_scores` (labels and FOV resized nearest by
+the data module).
 
     python evaluation/hrf_table.py                       # the note's table (--steps 600)
     python evaluation/hrf_table.py --smoke               # tiny, for a quick check (no files written)
     python evaluation/hrf_table.py --models segdiff smp_unet --steps 200 --out-dir /tmp/hrf
     python evaluation/hrf_table.py --models medsegdiff_v2 --steps 200 --resize 144 216 --json scores.json
+    python evaluation/hrf_table.py --models medsegdiff_v1_repo_input --out-dir evaluation/results/hrf_600_v1_repo_input
 
 The green baseline's one parameter (the median-filter width) is chosen on the 9 training cases (best mean
 FOV Dice), never on the test cases. Writes ``<out-dir>/hrf_table.md`` and ``<out-dir>/hrf_panel.png``.
@@ -49,9 +52,13 @@ ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fundus_
 TEST_CASES = ["04_dr", "04_g", "04_h"]
 #: table name -> packaged recipe
 RECIPES = {"segdiff": "segdiff_fundus", "medsegdiff_v1": "medsegdiff_v1_fundus",
-           "medsegdiff_v2": "medsegdiff_v2_fundus", "smp_unet": "smp_unet_fundus"}
+           "medsegdiff_v2": "medsegdiff_v2_fundus", "smp_unet": "smp_unet_fundus",
+           "medsegdiff_v1_repo_input": "medsegdiff_v1_fundus"}
+#: table name -> method arguments set over its recipe's (the official code's input path for V1)
+METHOD_OVERRIDES = {"medsegdiff_v1_repo_input": {"image_in_diffusion_encoder": True}}
 LABELS = {"segdiff": "SegDiff", "medsegdiff_v1": "MedSegDiff V1 (pure diffusion)", "medsegdiff_v2": "MedSegDiff-V2",
-          "smp_unet": "smp UNet (resnet18, random init)"}
+          "smp_unet": "smp UNet (resnet18, random init)",
+          "medsegdiff_v1_repo_input": "MedSegDiff V1 ([image, x_t] into the diffusion encoder, official code)"}
 #: candidate median-filter widths (pixels at the resized resolution) for the green baseline
 BACKGROUNDS = (7, 9, 11, 15, 21)
 
@@ -96,7 +103,8 @@ def recipe_for(model: str, work: Path, args: argparse.Namespace) -> Path:
         if cb["class_path"].endswith("ModelCheckpoint"):  # no validation: keep the last weights
             cb["init_args"] = {"save_last": True, "save_top_k": 0}
     method = cfg["model"]["init_args"]["method"]["init_args"]
-    if model == "medsegdiff_v1" and method.get("calibration", False):
+    method.update(METHOD_OVERRIDES.get(model, {}))
+    if model.startswith("medsegdiff_v1") and method.get("calibration", False):
         raise SystemExit("hrf_table.py: medsegdiff_v1_fundus has calibration on; the table reports pure diffusion")
     path = work / f"{model}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -153,7 +161,8 @@ def write_panel(path: Path, cases: list[Case], columns: dict[str, list[np.ndarra
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--root", type=Path, default=ROOT.resolve(), help="the fundus_hrf folder (HRF layout)")
-    p.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--models", nargs="+", default=[m for m in RECIPES if m not in METHOD_OVERRIDES],
+                   choices=list(RECIPES), help="default: every row but the switch variants (%(default)s)")
     p.add_argument("--steps", type=int, default=600, help="optimizer steps, the same for every model")
     p.add_argument("--resize", type=int, nargs=2, default=[288, 432], help="H W every case is resized to")
     p.add_argument("--patch", type=int, nargs=2, default=[64, 64], help="training patch (and inference window)")

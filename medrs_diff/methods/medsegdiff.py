@@ -14,6 +14,12 @@ default here is 5, the official repository's default, since every member costs a
 (raise ``n_samples`` for the paper's setting). The condition encoder depends on x_t, so it runs at
 every step; only its x_t-independent stem is computed once per image.
 
+Repository-faithful switch ``image_in_diffusion_encoder=True`` (off by default; ImprintLab/MedSegDiff,
+``UNetModel_newpreview.forward``): the diffusion encoder takes [image, x_t] instead of x_t alone, so
+its skips carry the image at full resolution to the decoder (the paper's E_x sees x_t only and the
+image reaches the decoder only through the bottleneck sum). Independent of the calibration switch
+below; both on is the official code's setup. See :mod:`medrs_diff.nets.medsegdiff`.
+
 Repository-faithful switch ``calibration=True`` (off by default; ImprintLab/MedSegDiff): a
 deterministic mask head on the condition network (sigmoid / softmax), trained with
 ``calibration_weight`` (10, as in the official code) times the MSE to the {0, 1} mask (one-hot for K
@@ -99,6 +105,7 @@ class MedSegDiffV1(DiffusionSegmenter):
         sampling_steps: int | None = None,
         calibration: bool = False,
         calibration_weight: float = 10.0,
+        image_in_diffusion_encoder: bool = False,
     ) -> None:
         super().__init__()
         self.setup_segmenter(in_channels=in_channels, spatial_dims=spatial_dims, num_classes=num_classes,
@@ -113,7 +120,7 @@ class MedSegDiffV1(DiffusionSegmenter):
         self.net = MedSegDiffUNet(
             spatial_dims, in_channels, self.out_channels, channels, attention_levels, num_res_blocks,
             num_head_channels, norm_num_groups, ff_parser_levels=ff_parser_levels, ff_base_size=ff_base_size,
-            calibration_head=calibration,
+            calibration_head=calibration, image_in_diffusion_encoder=image_in_diffusion_encoder,
         )
         self.calibration, self.calibration_weight = calibration, float(calibration_weight)
         if calibration:

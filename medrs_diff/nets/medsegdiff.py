@@ -25,6 +25,18 @@ Because A needs x_t at every scale, the condition encoder runs at every sampling
 depend on x_t is computed once: :meth:`MedSegDiffUNet.image_features` (the image stem and the
 first-scale blocks, the costliest part at full resolution); ``forward(x_t, t, features=...)`` takes it.
 
+Optional **image in the diffusion encoder** (the official repository's input path, off unless
+``image_in_diffusion_encoder=True``): in ImprintLab/MedSegDiff (``UNetModel_newpreview.forward``) the
+model input is the concatenation [image, x_t] and the diffusion encoder runs on all of it, so E_x and
+the skips it hands the decoder see the image at full resolution (the image channels are also split
+off for the condition encoder). The paper's Eq. 2 has E_x over x_t alone, where image information
+reaches the decoder only through the bottleneck sum; that is the default here. Under the switch the
+first convolution of E_x takes ``in_channels + mask_channels`` channels, [image, x_t]; nothing else
+changes. :meth:`MedSegDiffUNet.image_features` then returns the cached condition features with the
+raw image appended as its last ``in_channels`` channels, so the image travels with the features
+(one tensor, computed once per image, repeated per sample like them). The repository's other
+difference, the calibration head and its blend, is a separate switch (below).
+
 Optional **calibration head** (the official repository's, off unless ``calibration_head=True``): a
 small decoder over the (dynamically encoded) condition features with the condition encoder's own
 skips, ending in a sigmoid (1 channel) or softmax (K channels) mask; ``forward(...,
@@ -102,7 +114,8 @@ class MedSegDiffUNet(nn.Module):
 
     ``image_features(image)`` -> the x_t-independent condition features (compute once per image);
     ``forward(x_t, t, features, return_calibration=False)`` -> eps (B, mask_channels, *spatial), or
-    ``(eps, mask_probability)`` with the calibration head.
+    ``(eps, mask_probability)`` with the calibration head. With ``image_in_diffusion_encoder`` the
+    features carry the raw image too (:attr:`feature_channels` = channels[0] + in_channels).
     """
 
     def __init__(
@@ -118,6 +131,7 @@ class MedSegDiffUNet(nn.Module):
         ff_parser_levels: int | None = None,
         ff_base_size: int | Sequence[int] = 64,
         calibration_head: bool = False,
+        image_in_diffusion_encoder: bool = False,
     ) -> None:
         super().__init__()
         chans = [int(c) for c in channels]
@@ -135,11 +149,18 @@ class MedSegDiffUNet(nn.Module):
         if not 0 <= ff_levels <= levels:
             raise ArgumentError("ff_parser_levels", f"must be in 0 .. {levels}, got {ff_parser_levels}",
                                 "give how many encoder scales (from the first) get an FF-Parser")
+        if not isinstance(image_in_diffusion_encoder, bool):
+            raise ArgumentError("image_in_diffusion_encoder",
+                                f"must be true or false, got {image_in_diffusion_encoder!r}",
+                                "true feeds [image, x_t] to the diffusion encoder (official code), false x_t (paper)")
         base = (ff_base_size,) * spatial_dims if isinstance(ff_base_size, int) else tuple(ff_base_size)
         self.spatial_dims, self.in_channels, self.mask_channels = spatial_dims, in_channels, mask_channels
         self.channels, self.levels, self.ff_parser_levels = tuple(chans), levels, ff_levels
         #: spatial sizes must be multiples of this (one stride-2 downsampling between levels)
         self.size_multiple = 2 ** (levels - 1)
+        self.image_in_diffusion_encoder = image_in_diffusion_encoder
+        #: channels of :meth:`image_features` (the raw image appended under ``image_in_diffusion_encoder``)
+        self.feature_channels = chans[0] + (in_channels if image_in_diffusion_encoder else 0)
         g, temb = norm_num_groups, 4 * chans[0]
 
         def attention(c: int, on: bool) -> nn.Module:
@@ -150,7 +171,8 @@ class MedSegDiffUNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(chans[0], temb), nn.SiLU(), nn.Linear(temb, temb))
         # diffusion (mask) encoder
-        self.mask_in = _conv(spatial_dims, mask_channels, chans[0])
+        # (input [image, x_t] under image_in_diffusion_encoder, the official code's; x_t alone, the paper's)
+        self.mask_in = _conv(spatial_dims, mask_channels + (in_channels if image_in_diffusion_encoder else 0), chans[0])
         self.mask_blocks = nn.ModuleList()
         self.mask_attn = nn.ModuleList()
         self.mask_down = nn.ModuleList()
@@ -212,18 +234,20 @@ class MedSegDiffUNet(nn.Module):
                             f"crop or pad the image / patch to a multiple of {self.size_multiple}")
 
     def image_features(self, image: Tensor) -> Tensor:
-        """The condition features that do not depend on x_t: image stem and first-scale blocks (B, channels[0], ...)."""
+        """The condition features that do not depend on x_t: image stem and first-scale blocks (B, channels[0], ...),
+        followed by the image itself under ``image_in_diffusion_encoder`` (B, :attr:`feature_channels`, ...)."""
         self.check_size(image, "image")
         if image.shape[1] != self.in_channels:
             raise DataError("image", f"the network expects {self.in_channels} image channel(s), got {image.shape[1]}",
                             f"pass an image with {self.in_channels} channel(s)")
-        return self.image_blocks[0](self.image_in(image))
+        features = self.image_blocks[0](self.image_in(image))
+        return torch.cat([features, image], 1) if self.image_in_diffusion_encoder else features
 
     def forward(self, x: Tensor, t: Tensor, features: Tensor, return_calibration: bool = False):
         """eps for ``x`` (B, mask_channels, *spatial) at timesteps ``t`` (B,), conditioned by ``features``
         (:meth:`image_features` of the image, same batch and grid)."""
         self.check_size(x, "x_t")
-        want = (x.shape[0], self.channels[0], *x.shape[2:])
+        want = (x.shape[0], self.feature_channels, *x.shape[2:])
         if tuple(features.shape) != want:
             raise DataError("features", f"condition features {tuple(features.shape)} do not match x_t "
                             f"{tuple(x.shape)}: expected {want}", "pass image_features(image) of the same batch")
@@ -232,8 +256,9 @@ class MedSegDiffUNet(nn.Module):
                                 "build it with calibration_head=True")
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         temb = self.time_embed(get_timestep_embedding(t, self.channels[0]).to(x.dtype))
-        h = self.mask_in(x)
-        c = features
+        c = features[:, : self.channels[0]]
+        # the official code's input path: [image, x_t] into the diffusion encoder (the paper's: x_t alone)
+        h = self.mask_in(torch.cat([features[:, self.channels[0]:], x], 1) if self.image_in_diffusion_encoder else x)
         skips, cond_skips = [], []
         for k in range(self.levels):
             for block in self.mask_blocks[k]:
