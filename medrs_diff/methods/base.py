@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -278,6 +279,11 @@ def check_sr_pair(lr: Tensor, hr: Tensor, scale: int) -> None:
             "batch", f"HR {tuple(hr.shape)} does not match LR {tuple(lr.shape)} at scale {scale}: expected "
             f"spatial size {want} with {lr.shape[1]} channel(s)", "pair each LR image with its HR image",
         )
+
+
+def sr_size_multiple(net_multiple: int, scale: int) -> int:
+    """The LR size multiple of a super-resolution net: LR sizes whose HR size (x ``scale``) the net can take."""
+    return int(net_multiple) // math.gcd(int(net_multiple), int(scale))
 
 
 def mask_batch(method: Method, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:

@@ -47,7 +47,7 @@ from ..errors import ArgumentError, DataError
 from ..nets.blindsrsnf import BlindSRDenoiser, DegradationEncoder
 from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ._sampling import repeat_batch, sample_n
-from .base import DiffusionMethod, DiffusionPair, check_sampler
+from .base import DiffusionMethod, DiffusionPair, check_sampler, sr_size_multiple
 
 #: batch key of a second LR patch with the same degradation as ``cond`` (the MoCo positive)
 COND_KEY = "cond_key"
@@ -128,8 +128,7 @@ class BlindSRSNF(DiffusionMethod):
     @property
     def size_multiple(self) -> int:
         """LR sizes whose HR size (x scale) the denoiser can take."""
-        m = self.unet.size_multiple
-        return m // math.gcd(m, int(self.scale))
+        return sr_size_multiple(self.unet.size_multiple, self.scale)
 
     @property
     def min_lr_size(self) -> int:

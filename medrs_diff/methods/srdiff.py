@@ -18,7 +18,6 @@ residual and noise (2C channels, L1 on both); sampling starts at ``I_in + betaba
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ from ..nets.rrdb import RRDBEncoder, RRDBUpsampler
 from ..nets.unet import ConditionedUNet, check_downsample
 from ._rddm import build_rddm, check_process, check_rddm_steps, rddm_channels, rddm_eta, rddm_restore
 from ._sampling import repeat_batch, sample_with_features
-from .base import DiffusionMethod, DiffusionPair, check_sampler, no_diffusion_pair, sr_batch
+from .base import DiffusionMethod, DiffusionPair, check_sampler, no_diffusion_pair, sr_batch, sr_size_multiple
 
 
 class SRDiff(DiffusionMethod):
@@ -116,8 +115,7 @@ class SRDiff(DiffusionMethod):
     @property
     def size_multiple(self) -> int:
         """LR sizes whose HR size (x scale) the UNet can take."""
-        m = self.unet.size_multiple
-        return m // math.gcd(m, int(self.scale))
+        return sr_size_multiple(self.unet.size_multiple, self.scale)
 
     # -- helpers ----------------------------------------------------------------------------------
     def upsample(self, lr: Tensor) -> Tensor:
