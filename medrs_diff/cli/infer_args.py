@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import ArgumentError
 
@@ -107,17 +108,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "importer name; .nc files are read directly); the forecast goes to --output/forecast.nc")
 
 
-def _run_nowcast(args: argparse.Namespace) -> dict[str, Path] | None:
+def _run_nowcast(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[str, Path] | None:
     """A forecast checkpoint (the diffusion nowcast): past radar files -> NetCDF forecast; else None."""
     from ..train.checkpoint import (
         checkpoint_data_config,
         checkpoint_method_config,
         method_from_checkpoint,
-        read_checkpoint,
         resolve_method_class,
     )
 
-    ckpt = read_checkpoint(args.checkpoint)
     cls = resolve_method_class(checkpoint_method_config(ckpt, args.checkpoint)["class_path"], args.checkpoint)
     if getattr(cls, "task", None) != "forecast":
         return None
@@ -135,12 +134,14 @@ def _run_nowcast(args: argparse.Namespace) -> dict[str, Path] | None:
 def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
     """Run ``infer`` from parsed arguments; prints one line per input; returns ``{output key: path}`` per input."""
     from ..inference import Predictor
+    from ..train.checkpoint import read_checkpoint
 
-    nowcast = _run_nowcast(args)
+    ckpt = read_checkpoint(args.checkpoint)  # once, for every path below
+    nowcast = _run_nowcast(args, ckpt)
     if nowcast is not None:
         return [nowcast]
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
-                                          ema=False if args.raw_weights else None)
+    predictor = Predictor.from_loaded(ckpt, args.checkpoint, device=args.device,
+                                      ema=False if args.raw_weights else None)
     if args.threshold is not None:
         set_threshold = getattr(predictor.method, "set_threshold", None)
         if set_threshold is None:

@@ -258,10 +258,18 @@ class Predictor:
                         trusted: bool = False) -> Predictor:
         """Read a ``medrs-diff fit`` checkpoint once: method (EMA weights unless ``ema=False``), scaling and
         patch size of its data module. ``device`` is where the windows run (``cuda`` needs a visible GPU)."""
-        from ..train.checkpoint import checkpoint_data_config, method_from_checkpoint, read_checkpoint
+        from ..train.checkpoint import read_checkpoint
 
         dev = check_device(device)
-        ckpt = read_checkpoint(path, map_location="cpu", trusted=trusted)
+        return cls.from_loaded(read_checkpoint(path, map_location="cpu", trusted=trusted), path, device=dev, ema=ema)
+
+    @classmethod
+    def from_loaded(cls, ckpt: dict[str, Any], path: PathLike, device: str | torch.device = "cpu",
+                    ema: bool | None = None) -> Predictor:
+        """:meth:`from_checkpoint` on a checkpoint dict already read from ``path`` (named in errors)."""
+        from ..train.checkpoint import checkpoint_data_config, method_from_checkpoint
+
+        dev = check_device(device)
         method = method_from_checkpoint(ckpt, path, ema=ema)
         data = (checkpoint_data_config(ckpt) or {}).get("init_args") or {}
         patch = data.get("patch_size")

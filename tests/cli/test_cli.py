@@ -121,6 +121,17 @@ def test_infer_geotiff_super_resolution_grid(sr_run, tmp_path):
     assert sorted(p.name for p in (out / "uncertainty").iterdir()) == names
 
 
+def test_infer_reads_the_checkpoint_once(sr_run, tmp_path, monkeypatch):
+    tmp, ckpt = sr_run
+    src = sorted((tmp / "data" / "lr").glob("*.tif"))[-1]
+    calls = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a[0]) or load(*a, **k))
+    assert main(["infer", "--checkpoint", str(ckpt), "--input", str(src), "--output", str(tmp_path / "o.tif"),
+                 "--steps", "2", "--tile", "16", "--no-progress"]) == 0
+    assert [Path(c) for c in calls] == [Path(ckpt)]
+
+
 def test_infer_wrong_channel_count_names_the_expected_one(sr_run, tmp_path, capsys):
     _, ckpt = sr_run
     bad = tmp_path / "one_band.tif"
