@@ -7,7 +7,9 @@ the recipe's real clean source, Sentinel-2 grey images (mean of B04, B03, B02 re
 ``../shared/data/bigearthnet_s1_s2`` taken as intensity, in dB (-25..0 dB onto [-1, 1]), x single-look speckle
 (the last 2 of 6 patches held out). Synthetic test: fixed 32 x 32 crops of the held-out patches, PSNR / SSIM in
 model space (data range 2 = 25 dB) for the speckled input, a 5 x 5 boxcar on linear intensity, a 7 x 7 Lee filter
-(ENL 1) and SAR-DDPM with 9-shift cycle spinning and without (1 shift). Real: a 64 x 64 crop of
+(ENL 1), SAR-DDPM with 9-shift cycle spinning and without (1 shift), and the same net trained with the RDDM switch
+(``process: rddm``, residual + noise, L1; 10 DDIM steps, 9 shifts) for the same steps on the same data. Real: a
+64 x 64 crop of
 ``../shared/data/sentinel1_pyrosar`` (sigma0 VV, dB, 20 m; already multi-looked, so its ENL is > 1 and the
 model trained on single-look speckle over-smooths it), ENL on the two 16 x 16 tiles of lowest CV of the input.
 Tiny-net CPU numbers, not the paper's. Results: ``evaluation/results/sar_ddpm/`` (table.md, panel.png).
@@ -81,6 +83,10 @@ def main() -> None:
                 norm_num_groups=8, timesteps=100, cycle_shifts=3)
     fit(m, dm, args.steps, 2e-3)
     train_s = time.perf_counter() - start
+    torch.manual_seed(0)
+    r = SARDDPM(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, num_head_channels=16,
+                norm_num_groups=8, timesteps=100, cycle_shifts=3, process="rddm", learn_sigma=False, sampler="ddim")
+    fit(r, dm, args.steps, 2e-3)
     batch = next(iter(torch.utils.data.DataLoader(dm.val_dataset, batch_size=64)))
     ref, noisy = batch["image"], batch["cond"]
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
@@ -90,6 +96,7 @@ def main() -> None:
         "Lee 7x7 (ENL 1)": lee(noisy),
         "SAR-DDPM, 1 shift": m.predict(batch, sampler="ddpm", cycle_shifts=1, generator=gen())["prediction"],
         "SAR-DDPM, 9 shifts": m.predict(batch, sampler="ddpm", generator=gen())["prediction"],
+        "RDDM switch, 10 steps, 9 shifts": r.predict(batch, sampler="ddim", steps=10, generator=gen())["prediction"],
     }
     rows = [(k, float(psnr(v, ref, data_range=2.0).mean()), float(ssim(v, ref, data_range=2.0).mean()))
             for k, v in preds.items()]
@@ -99,7 +106,8 @@ def main() -> None:
     crop = torch.from_numpy(scene[h // 2 - 32:h // 2 + 32, w // 2 - 32:w // 2 + 32].copy())[None, None]
     x = DB.forward(crop)
     real = {"input (pyroSAR VV, dB)": x, "boxcar 5x5": boxcar(x), "Lee 7x7": lee(x),
-            "SAR-DDPM, 9 shifts": m.predict({"cond": x}, sampler="ddpm", generator=gen())["prediction"]}
+            "SAR-DDPM, 9 shifts": m.predict({"cond": x}, sampler="ddpm", generator=gen())["prediction"],
+            "RDDM switch, 10 steps": r.predict({"cond": x}, sampler="ddim", steps=10, generator=gen())["prediction"]}
     mask = homogeneous_mask(to_intensity(x)[0, 0].numpy(), window=16, n_windows=2)
     enls = {k: enl_region(to_intensity(v)[0, 0].numpy(), mask) for k, v in real.items()}
     total = time.perf_counter() - start
@@ -108,7 +116,8 @@ def main() -> None:
     lines = ["# SAR-DDPM: synthetic speckle and real Sentinel-1 ENL", "",
              f"Tiny net (UNet [16, 32], T = 100, hybrid loss), {args.steps} steps on real Sentinel-2 grey x "
              f"single-look speckle in dB; {len(ref)} held-out 32 x 32 crops. This 2-core CPU, shared: "
-             f"train {train_s:.0f} s, total {total:.0f} s. PSNR / SSIM in model space (data range 2 = 25 dB).", "",
+             f"train (SAR-DDPM) {train_s:.0f} s, total (both models) {total:.0f} s. PSNR / SSIM in model space "
+             "(data range 2 = 25 dB).", "",
              "| method | PSNR (dB) | SSIM |", "|---|---|---|"]
     lines += [f"| {k} | {p:.2f} | {s:.3f} |" for k, p, s in rows]
     lines += ["", "Real pyroSAR scene (64 x 64 centre crop; already multi-looked, no clean reference): ENL (linear "
@@ -123,7 +132,7 @@ def main() -> None:
 
     rows_of_panels = [[("clean", ref[0]), *((k, v[0]) for k, v in preds.items())],
                       [(k, v[0]) for k, v in real.items()]]
-    fig, axes = plt.subplots(2, 6, figsize=(18, 6.4))
+    fig, axes = plt.subplots(2, 7, figsize=(21, 6.4))
     for row, panels in zip(axes, rows_of_panels):
         for ax in row:
             ax.axis("off")
