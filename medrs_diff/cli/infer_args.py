@@ -151,9 +151,10 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Path]]:
         predictor = dataclasses.replace(predictor, io_spec=predictor.method.io_spec)
 
     if predictor.io_spec.extra.get("sequence"):  # SeqDMs: --input is a manifest CSV or a folder of dates
-        from ..inference.series import infer_series_checkpoint
+        from ..inference.series import checkpoint_bands, infer_series_checkpoint
 
-        paths = infer_series_checkpoint(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap,
+        paths = infer_series_checkpoint(predictor, args.input, args.output, tile=args.tile,
+                                        bands=checkpoint_bands(ckpt), overlap=args.overlap,
                                         batch=args.batch, sampler=args.sampler, steps=args.steps,
                                         n_samples=args.n_samples, seed=args.seed)
         print(f"{args.input} -> " + ", ".join(str(p) for p in paths.values()), flush=True)

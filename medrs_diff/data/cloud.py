@@ -15,7 +15,9 @@ A **series** (:class:`Series`) is one site: ``s2`` (T, C, H, W) reflectance of t
 Readers: SEN12MS-CR triplets (S1 + cloudy S2 + mask -> clear S2, no georeferencing), SEN12MS-CR pairs
 (cloudy / clear S2 GeoTIFFs), the eo-learn 5-date series, BigEarthNet S1/S2 patches, and a stack of
 GeoTIFFs of several dates (:func:`read_series` in memory, :func:`open_series` window by window; both
-refuse dates on different grids or CRSs, naming the files). Training at scale: :func:`simulate_clouds`
+refuse dates on different grids or CRSs, naming the files). A date's pixels holding its S2 file's declared
+nodata value (in any band) are **missing**: read as cloud (cloud mask 1, reflectance 0) and recorded in
+``Series.nodata``; inference writes nodata where every date is missing. Training at scale: :func:`simulate_clouds`
 puts procedural clouds and their shadows on a clear image (seeded).
 """
 
@@ -137,7 +139,9 @@ def check_reflectance(s2: np.ndarray, where: Any) -> np.ndarray:
 @dataclass
 class Series:
     """One site: the dates' S2 (T, C, H, W) reflectance, S1 (T, 2, H, W) dB or None, cloud masks (T, 1, H, W),
-    the clear target (C, H, W) or None, and the grid (``crs``, ``transform``, ``reference`` file)."""
+    the clear target (C, H, W) or None, and the grid (``crs``, ``transform``, ``reference`` file). ``nodata``
+    (T, H, W) bool or None marks pixels a date has no data for (the S2 file's nodata value; :func:`open_series`):
+    they are also cloud (1) with reflectance 0, so a model fills them from the other dates."""
 
     s2: np.ndarray
     cloud: np.ndarray
@@ -148,6 +152,7 @@ class Series:
     transform: Any = None
     reference: Path | None = None
     times: list[str] = field(default_factory=list)
+    nodata: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         check_series(self)
@@ -170,6 +175,9 @@ def check_series(s: Series) -> None:
     if s.sar is not None and s.sar.shape != (t, len(S1_POLS), h, w):
         raise DataError(s.name, f"S1 shape {tuple(s.sar.shape)} differs from (T, 2, H, W) = {(t, 2, h, w)}",
                         "give VV and VH per S2 date on the S2 grid")
+    if s.nodata is not None and s.nodata.shape != (t, h, w):
+        raise DataError(s.name, f"nodata mask shape {tuple(s.nodata.shape)} differs from (T, H, W) = {(t, h, w)}",
+                        "give one nodata mask per date on the S2 grid")
     if s.target is not None and s.target.shape != s.s2.shape[1:]:
         raise DataError(s.name, f"target shape {tuple(s.target.shape)} differs from {tuple(s.s2.shape[1:])}",
                         "give the clear image on the S2 grid with the same bands")
@@ -337,6 +345,15 @@ def read_bigearthnet(root: PathLike, bands: Sequence[str]) -> list[tuple[str, np
     return out
 
 
+def nodata_pixels(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(H, W) bool from (C, H, W) as stored: True where any band holds the declared ``nodata`` (NaN included
+    when that is the nodata value); all False when the file declares none."""
+    if nodata is None:
+        return np.zeros(raw.shape[1:], bool)
+    hit = np.isnan(raw) if np.isnan(nodata) else raw == nodata
+    return hit.any(axis=0)
+
+
 #: bytes of one file a bounded-memory scan reads at a time (:meth:`SeriesFiles.check_values`)
 SCAN_BYTES = 32 * 2**20
 #: largest side of the decimated S1 view whose median a refusal message reports
@@ -347,7 +364,8 @@ MEDIAN_VIEW = 1024
 class SeriesFiles:
     """A stack of GeoTIFFs, one S2 (+ S1, + cloud mask) per date, on one grid, open for windowed reads
     (:func:`open_series`): :meth:`read` returns any window as a :class:`Series`, so memory holds a window,
-    never the scene. ``band_index`` holds the 1-based S2 bands read from each date's file."""
+    never the scene. ``band_index`` holds the 1-based S2 bands read from each date's file. Pixels holding an S2
+    file's declared nodata are missing for that date (:class:`Series` ``nodata``)."""
 
     s2: list[Path]
     sar: list[Path] | None
@@ -368,6 +386,11 @@ class SeriesFiles:
         return self.s2[0].stem
 
     @property
+    def declares_nodata(self) -> bool:
+        """Whether any date's S2 file declares a nodata value (so missing pixels can occur)."""
+        return any(self.sources[p].nodata is not None for p in self.s2)
+
+    @property
     def inputs(self) -> list[Path]:
         """Every file of the stack (outputs must never overwrite one)."""
         return [*self.s2, *(self.sar or []), *(self.masks or [])]
@@ -381,20 +404,25 @@ class SeriesFiles:
     def read(self, y0: int = 0, x0: int = 0, h: int | None = None, w: int | None = None) -> Series:
         """The window of ``h`` x ``w`` pixels at row ``y0``, column ``x0`` (default: the whole scene) as a
         :class:`Series`: S2 reflectance (DN / ``quantification``), S1 dB, cloud masks (or
-        :func:`brightness_cloud_mask`) on the window's grid. Values are checked once by :meth:`check_values`."""
+        :func:`brightness_cloud_mask`) on the window's grid; a date's nodata pixels are cloud with reflectance 0
+        (``nodata`` set when a file declares one). Values are checked once by :meth:`check_values`."""
         h = self.height - y0 if h is None else h
         w = self.width - x0 if w is None else w
         win = Window(x0, y0, w, h)
-        s2 = np.stack([self._read(p, idx, win).astype(np.float32) / self.quantification
-                       for p, idx in zip(self.s2, self.band_index, strict=True)])
+        raw = [self._read(p, idx, win) for p, idx in zip(self.s2, self.band_index, strict=True)]
+        missing = np.stack([nodata_pixels(r, self.sources[p].nodata) for r, p in zip(raw, self.s2, strict=True)])
+        s2 = np.stack([np.where(m, np.float32(0), r.astype(np.float32) / self.quantification)
+                       for r, m in zip(raw, missing, strict=True)])
         sar = None if self.sar is None else np.stack([self._read(p, [1, 2], win).astype(np.float32)
                                                       for p in self.sar])
         cloud = (brightness_cloud_mask(s2, self.bands) if self.masks is None else
                  np.stack([(self._read(p, [1], win) > 0.5).astype(np.float32) for p in self.masks]))
+        cloud = np.maximum(cloud, missing[:, None].astype(np.float32))
         src = self.sources[self.s2[0]]
         return Series(s2=s2, cloud=cloud, sar=sar, name=self.name, crs=self.crs,
                       transform=src.window_transform(win) if self.georeferenced else None,
-                      reference=self.s2[0], times=[p.stem for p in self.s2])
+                      reference=self.s2[0], times=[p.stem for p in self.s2],
+                      nodata=missing if self.declares_nodata else None)
 
     def _strips(self, n_bands: int) -> Iterator[Window]:
         """Windows of whole rows holding at most :data:`SCAN_BYTES` of ``n_bands`` float32 bands."""
@@ -403,12 +431,21 @@ class SeriesFiles:
             yield Window(0, y, self.width, min(rows, self.height - y))
 
     def check_values(self) -> None:
-        """Every date's S2 reflectance (:func:`check_reflectance`) and S1 dB (:func:`check_s1_db`, the rule on
-        the whole file) in a bounded-memory scan (strips of :data:`SCAN_BYTES`), one ``DataError`` naming the
-        file; the median in an S1 message is that of a decimated view (at most :data:`MEDIAN_VIEW` a side)."""
+        """Every date's S2 reflectance outside its nodata (:func:`check_reflectance`) and S1 dB
+        (:func:`check_s1_db`, the rule on the whole file) in a bounded-memory scan (strips of
+        :data:`SCAN_BYTES`), one ``DataError`` naming the file; a stack with no S2 data pixel at all is refused.
+        The median in an S1 message is that of a decimated view (at most :data:`MEDIAN_VIEW` a side)."""
+        seen = False
         for p, idx in zip(self.s2, self.band_index, strict=True):
             for win in self._strips(len(idx)):
-                check_reflectance(self._read(p, idx, win).astype(np.float32) / self.quantification, p)
+                raw = self._read(p, idx, win)
+                keep = ~nodata_pixels(raw, self.sources[p].nodata)
+                if keep.any():
+                    check_reflectance(raw[:, keep].astype(np.float32) / self.quantification, p)
+                    seen = True
+        if not seen:
+            raise DataError(self.s2[0], "every S2 date holds only nodata pixels", "check the files and their nodata "
+                            "value")
         for p in self.sar or []:
             stats = S1Stats()
             for win in self._strips(2):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,10 @@ def predict_series(method: Method, series: Series, *, tile: int | Sequence[int] 
                           seed=seed, case=series.name)
     roi = _window(method, tile, *x.shape[1:])
     out = infer_volume(fn, x, roi, overlap, batch=batch, device="cpu", sw_device=device, progress=progress)
-    return {k: to_reflectance(k, out[k].float().numpy()) for k in ("prediction", "uncertainty")}
+    res = {k: to_reflectance(k, out[k].float().numpy()) for k in ("prediction", "uncertainty")}
+    if series.nodata is not None:  # no date has data there: NaN, as the streamed files' nodata
+        res = {k: np.where(series.nodata.all(axis=0), np.float32(np.nan), v) for k, v in res.items()}
+    return res
 
 
 def infer_series_files(method: Method, source: PathLike, output: PathLike, *, bands: Sequence[str] = S2_L1C_BANDS,
@@ -161,7 +164,9 @@ def infer_series_files(method: Method, source: PathLike, output: PathLike, *, ba
     :func:`~medrs_diff.data.cloud.open_series`), then every window of every date is read, packed and
     predicted as :func:`predict_series` does (same windows, gaussian blending, per-window seeds) and the
     outputs are written strip by strip (:func:`~medrs_diff.inference.tiling.write_strips`): memory holds one
-    strip of windows, never the scene; both files appear only when the whole scene succeeded."""
+    strip of windows, never the scene; both files appear only when the whole scene succeeded. A date's S2 nodata
+    pixels are read as cloud (filled from the other dates); where every date is nodata the outputs hold NaN, their
+    declared nodata."""
     s2, s1, masks = read_stack(source)
     c, sar_c = _model_channels(method, len(bands), s2[0])
     if s1 is not None and len(S1_POLS) != sar_c:
@@ -178,10 +183,14 @@ def infer_series_files(method: Method, source: PathLike, output: PathLike, *, ba
                               seed=seed, case=files.name)
 
         def read(y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-            return pack(files.read(y0, x0, h, w), sar_c)[0].numpy(), np.ones((h, w), bool)
+            series = files.read(y0, x0, h, w)
+            ok = np.ones((h, w), bool) if series.nodata is None else ~series.nodata.all(axis=0)
+            return pack(series, sar_c)[0].numpy(), ok
+
+        nodata = float("nan") if files.declares_nodata else None  # where every date is nodata
 
         def plan(outs: Any) -> dict[str, GeoOutput]:
-            return {key: GeoOutput(path, "float32", band_names=list(bands), scaling=refl_scaling(),
+            return {key: GeoOutput(path, "float32", nodata=nodata, band_names=list(bands), scaling=refl_scaling(),
                                    tags={"medrs_diff_units": f"reflectance x {quantification:g}",
                                          "medrs_diff_output": key},
                                    strip=lambda y, k=key: to_reflectance(k, y) * quantification)
@@ -193,19 +202,24 @@ def infer_series_files(method: Method, source: PathLike, output: PathLike, *, ba
                             progress=progress)
 
 
-def checkpoint_bands(checkpoint: PathLike) -> list[str]:
-    """The S2 band names the checkpoint's data module trained on (``bands``; all 13 L1C bands when unset)."""
+def checkpoint_bands(checkpoint: PathLike | Mapping[str, Any]) -> list[str]:
+    """The S2 band names the checkpoint's data module trained on (``bands``; all 13 L1C bands when unset), from
+    its file or from the checkpoint dict already read."""
     from ..train.checkpoint import checkpoint_data_config, read_checkpoint
 
-    data = (checkpoint_data_config(read_checkpoint(checkpoint, map_location="cpu")) or {}).get("init_args") or {}
-    return list(data.get("bands") or S2_L1C_BANDS)
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint, map_location="cpu")
+    data = (checkpoint_data_config(ckpt) or {}).get("init_args") or {}
+    bands = data.get("bands")
+    return list(S2_L1C_BANDS if bands is None else bands)
 
 
 def infer_series_checkpoint(predictor: Any, source: PathLike, output: PathLike, *, tile: Sequence[int] | None = None,
-                            **kwargs: Any) -> dict[str, Path]:
-    """``medrs-diff infer`` for a time-series checkpoint: :func:`infer_series_files` with the checkpoint's bands,
-    the predictor's device and, without ``tile``, its window (the training patch, at least 256)."""
-    bands = checkpoint_bands(predictor.checkpoint) if predictor.checkpoint is not None else list(S2_L1C_BANDS)
+                            bands: Sequence[str] | None = None, **kwargs: Any) -> dict[str, Path]:
+    """``medrs-diff infer`` for a time-series checkpoint: :func:`infer_series_files` with ``bands`` (None: the
+    checkpoint's, :func:`checkpoint_bands`, read from its file), the predictor's device and, without ``tile``, its
+    window (the training patch, at least 256)."""
+    if bands is None:
+        bands = checkpoint_bands(predictor.checkpoint) if predictor.checkpoint is not None else list(S2_L1C_BANDS)
     trained = predictor.patch_size
     size = list(tile) if tile is not None else [max(256, int(trained) if trained is not None else 0)]
     if len(size) not in (1, 2):

@@ -75,6 +75,18 @@ def test_infer_writes_clear_and_uncertainty_on_the_s2_grid(checkpoint, tmp_path)
         assert np.array_equal(b.read(), x)
 
 
+def test_infer_reads_the_checkpoint_once(checkpoint, tmp_path, monkeypatch):
+    import torch
+
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    main(["infer", "--checkpoint", str(checkpoint), "--input", str(_stack(tmp_path / "stack", size=16)), "--output",
+          str(tmp_path / "out"), "--tile", "16", "--steps", "1", "--n-samples", "1", "--device", "cpu",
+          "--no-progress"])
+    assert (tmp_path / "out" / "20200100_s2_clear.tif").is_file() and len(loads) == 1, loads
+
+
 def test_bad_stacks_name_the_file(tmp_path):
     stack = _stack(tmp_path / "s", dates=2, size=16)
     (stack / "20200101_mask.tif").unlink()

@@ -188,3 +188,45 @@ def test_outputs_never_overwrite_inputs_and_appear_only_when_all_windows_succeed
     with pytest.raises(DataError, match="20200100_s2_clear.tif.*same file as an input"):
         infer_series_files(method, stack / "m.csv", stack, bands=BANDS, tile=16)
     assert method.calls == 0 and (stack / "20200100_s2_clear.tif").read_bytes() == before
+
+
+def test_s2_nodata_is_missing_data_filled_from_other_dates_and_written_as_nodata(tmp_path):
+    """A date's declared S2 nodata (65535, far outside reflectance) is cloud for that date, not reflectance: where
+    other dates hold data the closed form uses only them; where no date does, both outputs are NaN (their declared
+    nodata), in the streamed files and the in-memory path alike. A stack of nodata only is refused."""
+    stack, h, w = tmp_path / "s", 48, 40
+    folder = _stack(stack, dates=3, h=h, w=w, sar=False, masks=True)
+    gone = {0: (slice(0, 16), slice(0, 40)), 1: (slice(8, 24), slice(0, 20)), 2: (slice(8, 16), slice(0, 10))}
+    for d, (ys, xs) in gone.items():  # rows 8..15, cols 0..9 hold no data in any date
+        a, _ = _read(folder / f"2020010{d}_s2.tif")
+        a[:, ys, xs] = 65535
+        a[0, 40, 30 + d] = 65535  # one band of one pixel: the pixel is missing for that date
+        write_geotiff(a, folder / f"2020010{d}_s2.tif", band_names=BANDS, nodata=65535, **GRID)
+    paths = infer_series_files(Standin(False, noise=0.0), folder, tmp_path / "out", bands=BANDS, tile=16, batch=2)
+    clear, f = _read(paths["prediction"])
+    assert np.isnan(f["nodata"]) and np.isnan(_read(paths["uncertainty"])[0][:, 8:16, :10]).all()
+    none = np.zeros((h, w), bool)
+    none[8:16, :10] = True
+    assert np.isnan(clear[:, none]).all() and np.isfinite(clear[:, ~none]).all()
+    s2, s1, mk = read_stack(folder)
+    series = read_series(s2, sar_paths=s1, mask_paths=mk, bands=BANDS)
+    assert series.nodata is not None and (series.nodata.all(0) == none).all()
+    assert all(series.nodata[d, 40, 30 + d] for d in range(3)) and series.nodata[:, 40, 30:33].sum() == 3
+    assert (series.cloud[:, 0][series.nodata] == 1).all()
+    assert (series.s2.transpose(1, 0, 2, 3)[:, series.nodata] == 0).all()
+    # the closed form over the dates holding data (missing dates weigh 1e-3, like clouds)
+    w_ = 1.0 - series.cloud + 1e-3
+    x = 2.0 * np.clip(series.s2, 0, 1) - 1.0
+    expected = np.clip(((x * w_).sum(0) / w_.sum(0) + 1) / 2, 0, 1) * Q
+    np.testing.assert_allclose(clear[:, ~none], expected[:, ~none], rtol=1e-5, atol=0.02)
+    assert clear[:, ~none].max() < 0.6 * Q + 1  # 65535 never reached the model as reflectance 6.55
+    mem = predict_series(Standin(False, noise=0.0), series, tile=16, batch=1)
+    assert np.isnan(mem["prediction"][:, none]).all()
+    np.testing.assert_allclose(clear[:, ~none], mem["prediction"][:, ~none] * Q, rtol=1e-5, atol=0.05)
+    for d in range(3):
+        write_geotiff(np.full((len(BANDS), h, w), 65535, np.uint16), folder / f"2020010{d}_s2.tif", band_names=BANDS,
+                      nodata=65535, **GRID)
+    method = Standin(False)
+    with pytest.raises(DataError, match="20200100_s2.tif: every S2 date holds only nodata"):
+        infer_series_files(method, folder, tmp_path / "out2", bands=BANDS, tile=16)
+    assert method.calls == 0
