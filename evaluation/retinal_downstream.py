@@ -11,8 +11,10 @@ Default: everything on vessel-tree phantoms (``medrs_diff.data.retina_phantoms``
    ``--mask-checkpoint`` / ``--image-checkpoint``;
 3. ``--n-synth`` pairs are drawn with :func:`~medrs_diff.inference.generate.generate_pairs` (what ``medrs-diff
    generate`` runs);
-4. the smp UNet baseline (``smp_unet_fundus_phantom``) is trained for ``--seg-steps`` steps on each of the three
-   sets and segments the held-out real cases through the Predictor (the ``infer`` path).
+4. each segmenter of ``--segmenters`` (the paper's protocol names two: the smp UNet baseline,
+   ``smp_unet_fundus_phantom``, and SegDiff, ``segdiff_fundus_phantom`` sampled as its recipe says) is trained for
+   ``--seg-steps`` steps on each of the three sets and segments the held-out real cases through the Predictor (the
+   ``infer`` path).
 
     python evaluation/retinal_downstream.py --out-dir /tmp/downstream            # the note's table
     python evaluation/retinal_downstream.py --smoke                              # 2 steps each, a quick check
@@ -106,6 +108,10 @@ def score(ckpt: Path, real: Path, test: list[str], size: list[int], seed: int) -
     return {k: float(np.mean([p[k] for p in per])) for k in SCORES}
 
 
+#: downstream segmenters: name -> (phantom recipe, table label)
+SEGMENTERS = {"smp": ("smp_unet_fundus_phantom", "smp UNet"), "segdiff": ("segdiff_fundus_phantom", "SegDiff")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="downstream_out")
@@ -119,6 +125,8 @@ def main() -> None:
     p.add_argument("--ddpm-lr", type=float, default=2e-3,
                    help="DDPM learning rate (default 2e-3 for short CPU runs; the recipes' 2e-4 needs far more steps)")
     p.add_argument("--seg-steps", type=int, default=300)
+    p.add_argument("--segmenters", nargs="+", default=list(SEGMENTERS), choices=list(SEGMENTERS),
+                   help="segmenters trained on each set (default: both of the paper's protocol)")
     p.add_argument("--net", default="monai", choices=("monai", "light_unet"))
     p.add_argument("--sampler", default="ddpm")
     p.add_argument("--steps", type=int, default=100, help="sampling steps of generate")
@@ -158,18 +166,22 @@ def main() -> None:
                 "batch_size": 8}
     sets = {"real": (real_root, test), "synthetic": (synth, [f"synth_{args.n_synth - 1:05d}"]),
             "real + synthetic": (both, [f"synth_{args.n_synth - 1:05d}"])}
-    rows = {}
-    for name, (root, held) in sets.items():
-        ckpt = fit("smp_unet_fundus_phantom", work, "seg_" + name.replace(" + ", "_"),
-                   {**seg_data, "root": str(root), "val_cases": held}, {}, args.seg_steps)
-        rows[name] = score(ckpt, real_root, test, hw, args.seed)
-    lines = ["| training pairs | " + " | ".join(SCORES) + " |", "|---" * (len(SCORES) + 1) + "|"]
-    lines += [f"| {k} | " + " | ".join(f"{v[s]:.3f}" for s in SCORES) + " |" for k, v in rows.items()]
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for seg in args.segmenters:
+        recipe, label = SEGMENTERS[seg]
+        for name, (root, held) in sets.items():
+            ckpt = fit(recipe, work, f"{seg}_" + name.replace(" + ", "_"),
+                       {**seg_data, "root": str(root), "val_cases": held}, {}, args.seg_steps)
+            rows.setdefault(label, {})[name] = score(ckpt, real_root, test, hw, args.seed)
+    lines = ["| segmenter | training pairs | " + " | ".join(SCORES) + " |", "|---" * (len(SCORES) + 2) + "|"]
+    lines += [f"| {seg} | {k} | " + " | ".join(f"{v[s]:.3f}" for s in SCORES) + " |"
+              for seg, per in rows.items() for k, v in per.items()]
     data_name = args.real_root or "phantoms"
     head = (f"Retinal dual model downstream on {data_name}: {hw[0]} x {hw[1]}, {len(train_stems)} real training "
             f"pairs, {args.n_synth} synthetic, {len(test)} held-out real test cases; DDPMs ({args.net}) "
             f"{args.ddpm_steps} steps each (lr {args.ddpm_lr:g}), generate {args.sampler} {args.steps} steps, "
-            f"smp UNet {args.seg_steps} steps. Scores inside the FOV (mean over test cases). DDPM training "
+            f"segmenters ({', '.join(SEGMENTERS[s][1] for s in args.segmenters)}) {args.seg_steps} steps each. "
+            f"Scores inside the FOV (mean over test cases). DDPM training "
             f"{t_ddpm:.0f} s, generation {t_gen:.0f} s, total {time.perf_counter() - t0:.0f} s.")
     (work / "downstream.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
     (work / "downstream.json").write_text(json.dumps({"settings": vars(args), "scores": rows}, indent=2) + "\n")
