@@ -82,10 +82,15 @@ def check_s1_db(s1: np.ndarray, where: Any) -> np.ndarray:
 
     dB backscatter is mostly negative (VV median about -10 dB); linear sigma0 is >= 0 with a median well
     below 1, amplitude DN is in the hundreds. Rule: refuse when >= 99 % of the finite pixels are >= 0
-    (linear), or when any finite value lies outside -60..+40 dB.
+    (linear), or when any finite value lies outside -60..+40 dB. NaN / inf are refused (a series stack reads its
+    declared nodata as missing S1 instead, :func:`open_series`).
     """
     a = np.asarray(s1, dtype=np.float32)
-    v = a[np.isfinite(a)]
+    finite = np.isfinite(a)
+    if not finite.all():
+        raise DataError(where, "S1 holds NaN or inf", "fill those pixels (in a series stack, declare them nodata: "
+                        "they are read as missing S1)")
+    v = a[finite]
     s1_db_verdict(S1Stats.of(v), lambda: float(np.median(v)), where)
     return a
 
@@ -141,7 +146,8 @@ class Series:
     """One site: the dates' S2 (T, C, H, W) reflectance, S1 (T, 2, H, W) dB or None, cloud masks (T, 1, H, W),
     the clear target (C, H, W) or None, and the grid (``crs``, ``transform``, ``reference`` file). ``nodata``
     (T, H, W) bool or None marks pixels a date has no data for (the S2 file's nodata value; :func:`open_series`):
-    they are also cloud (1) with reflectance 0, so a model fills them from the other dates."""
+    they are also cloud (1) with reflectance 0, so a model fills them from the other dates. S1 pixels holding the
+    S1 file's nodata are NaN in ``sar`` (S1 missing there; inference packs them as absent S1)."""
 
     s2: np.ndarray
     cloud: np.ndarray
@@ -413,8 +419,7 @@ class SeriesFiles:
         missing = np.stack([nodata_pixels(r, self.sources[p].nodata) for r, p in zip(raw, self.s2, strict=True)])
         s2 = np.stack([np.where(m, np.float32(0), r.astype(np.float32) / self.quantification)
                        for r, m in zip(raw, missing, strict=True)])
-        sar = None if self.sar is None else np.stack([self._read(p, [1, 2], win).astype(np.float32)
-                                                      for p in self.sar])
+        sar = None if self.sar is None else np.stack([self._s1(p, win) for p in self.sar])
         cloud = (brightness_cloud_mask(s2, self.bands) if self.masks is None else
                  np.stack([(self._read(p, [1], win) > 0.5).astype(np.float32) for p in self.masks]))
         cloud = np.maximum(cloud, missing[:, None].astype(np.float32))
@@ -424,6 +429,12 @@ class SeriesFiles:
                       reference=self.s2[0], times=[p.stem for p in self.s2],
                       nodata=missing if self.declares_nodata else None)
 
+    def _s1(self, path: Path, window: Window | None) -> np.ndarray:
+        """VV, VH dB (2, h, w) float32 of one S1 file, NaN where it holds its declared nodata."""
+        raw = self._read(path, [1, 2], window)
+        return np.where(nodata_pixels(raw, self.sources[path].nodata)[None], np.float32(np.nan),
+                        raw.astype(np.float32))
+
     def _strips(self, n_bands: int) -> Iterator[Window]:
         """Windows of whole rows holding at most :data:`SCAN_BYTES` of ``n_bands`` float32 bands."""
         rows = max(1, SCAN_BYTES // (4 * n_bands * self.width))
@@ -431,9 +442,9 @@ class SeriesFiles:
             yield Window(0, y, self.width, min(rows, self.height - y))
 
     def check_values(self) -> None:
-        """Every date's S2 reflectance outside its nodata (:func:`check_reflectance`) and S1 dB
-        (:func:`check_s1_db`, the rule on the whole file) in a bounded-memory scan (strips of
-        :data:`SCAN_BYTES`), one ``DataError`` naming the file; a stack with no S2 data pixel at all is refused.
+        """Every date's S2 reflectance outside its nodata (:func:`check_reflectance`) and S1 dB outside its nodata
+        (:func:`check_s1_db`, the rule on the whole file; undeclared NaN refused) in a bounded-memory scan (strips
+        of :data:`SCAN_BYTES`), one ``DataError`` naming the file; a stack with no S2 data pixel is refused.
         The median in an S1 message is that of a decimated view (at most :data:`MEDIAN_VIEW` a side)."""
         seen = False
         for p, idx in zip(self.s2, self.band_index, strict=True):
@@ -449,7 +460,12 @@ class SeriesFiles:
         for p in self.sar or []:
             stats = S1Stats()
             for win in self._strips(2):
-                stats.add(self._read(p, [1, 2], win).astype(np.float32))
+                raw = self._read(p, [1, 2], win).astype(np.float32)
+                vals = raw[:, ~nodata_pixels(raw, self.sources[p].nodata)]
+                if not np.isfinite(vals).all():
+                    raise DataError(p, "S1 holds NaN or inf that the file does not declare as nodata",
+                                    "fill those pixels or set the file's nodata to NaN")
+                stats.add(vals)
 
             def median(path: Path = p) -> float:
                 src = self.sources[path]

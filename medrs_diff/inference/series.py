@@ -70,7 +70,8 @@ def read_stack(source: PathLike) -> tuple[list[Path], list[Path] | None, list[Pa
 
 
 def pack(series: Series, sar_channels: int) -> tuple[torch.Tensor, int]:
-    """The series in model space packed as (T * (C + 1 + S + 1), H, W) channels; returns it and C."""
+    """The series in model space packed as (T * (C + 1 + S + 1), H, W) channels; returns it and C. The S1-present
+    channel is 0 where S1 is absent: the whole date without S1, or pixels where ``sar`` is NaN (nodata)."""
     rs, ss = refl_scaling(), s1_scaling()
     t, c, h, w = series.s2.shape
     parts = [rs.forward(torch.from_numpy(series.s2), channel_axis=1), torch.from_numpy(series.cloud)]
@@ -78,7 +79,9 @@ def pack(series: Series, sar_channels: int) -> tuple[torch.Tensor, int]:
         if series.sar is None:
             parts += [torch.zeros(t, sar_channels, h, w), torch.zeros(t, 1, h, w)]
         else:
-            parts += [ss.forward(torch.from_numpy(series.sar), channel_axis=1), torch.ones(t, 1, h, w)]
+            present = torch.from_numpy(np.isfinite(series.sar).all(axis=1, keepdims=True)).float()
+            sar = ss.forward(torch.from_numpy(np.nan_to_num(series.sar)), channel_axis=1) * present
+            parts += [sar, present]
     return torch.cat(parts, dim=1).reshape(-1, h, w).float(), c
 
 
@@ -115,8 +118,11 @@ def series_window_fn(method: Method, dates: int, c: int, sar_c: int, *, sampler:
         z = x.reshape(b, dates, per, h, w)
         bt = {K.COND: z[:, :, :c], K.CLOUD_MASK: z[:, :, c:c + 1]}
         if sar_c:
-            bt[K.SAR] = z[:, :, c + 1:c + 1 + sar_c]
-            bt[K.SAR_VALID] = z[:, :, -1].flatten(2).amax(2)
+            # a date's S1 counts in a window only where it covers the whole window (nodata pixels: absent S1, as
+            # the model was trained for a date without S1: zeros and flag 0)
+            valid = z[:, :, -1].flatten(2).amin(2)
+            bt[K.SAR] = z[:, :, c + 1:c + 1 + sar_c] * valid[:, :, None, None, None]
+            bt[K.SAR_VALID] = valid
         out = method.predict(bt, sampler=sampler, steps=steps, n_samples=n_samples,
                              generator=window_generators(seed, case, starts, x.device))
         return {"prediction": out["prediction"], "uncertainty": out["uncertainty"]}

@@ -230,3 +230,44 @@ def test_s2_nodata_is_missing_data_filled_from_other_dates_and_written_as_nodata
     with pytest.raises(DataError, match="20200100_s2.tif: every S2 date holds only nodata"):
         infer_series_files(method, folder, tmp_path / "out2", bands=BANDS, tile=16)
     assert method.calls == 0
+
+
+def test_s1_nodata_is_absent_s1_never_nan_into_the_model(tmp_path):
+    """Declared S1 nodata (-9999, outside the dB range, refused before; or NaN) is S1 missing there: NaN in the
+    series, packed as zeros with the S1-present channel 0, and a window holding such a pixel sees that date without
+    S1 (flag 0, zeros), as in training. Undeclared NaN in S1 is refused, naming the file."""
+    folder = _stack(tmp_path / "s", dates=2, h=32, w=32, sar=True, masks=True)
+    for d, (nd, fill) in enumerate([(-9999.0, -9999.0), (float("nan"), np.nan)]):
+        a, _ = _read(folder / f"2020010{d}_s1.tif")
+        a[:, :8, :8] = fill
+        write_geotiff(a, folder / f"2020010{d}_s1.tif", nodata=nd, **GRID)
+    s2, s1, mk = read_stack(folder)
+    series = read_series(s2, sar_paths=s1, mask_paths=mk, bands=BANDS)
+    gone = np.zeros((32, 32), bool)
+    gone[:8, :8] = True
+    assert all((np.isnan(series.sar[d]).all(0) == gone).all() for d in range(2))
+    from medrs_diff.inference.series import pack, series_window_fn
+
+    x, c = pack(series, 2)
+    z = x.reshape(2, c + 4, 32, 32).numpy()
+    assert np.isfinite(z).all() and (z[:, -1][:, gone] == 0).all() and (z[:, -1][:, ~gone] == 1).all()
+    assert (z[:, c + 1:c + 3][:, :, gone] == 0).all()
+    seen = []
+
+    class Record(Standin):
+        def predict(self, batch, **kw):
+            seen.append((batch[K.SAR].clone(), batch[K.SAR_VALID].clone()))
+            return super().predict(batch, **kw)
+
+    fn = series_window_fn(Record(True), 2, c, 2)
+    fn(torch.stack([x[:, :16, :16], x[:, 16:, 16:]]), [(0, 0), (16, 16)])
+    sar, valid = seen[0]
+    assert valid.tolist() == [[0.0, 0.0], [1.0, 1.0]] and (sar[0] == 0).all() and (sar[1] != 0).any()
+    paths = infer_series_files(Standin(True), folder, tmp_path / "out", bands=BANDS, tile=16)
+    assert np.isfinite(_read(paths["prediction"])[0]).all()
+    a, _ = _read(folder / "20200101_s1.tif")
+    write_geotiff(a, folder / "20200101_s1.tif", **GRID)  # the same NaN, no longer declared
+    with pytest.raises(DataError, match="20200101_s1.tif: S1 holds NaN or inf that the file does not declare"):
+        infer_series_files(Standin(True), folder, tmp_path / "out2", bands=BANDS, tile=16)
+    with pytest.raises(DataError, match="t.tif: S1 holds NaN or inf"):  # training readers: never passed on
+        cloud.check_s1_db(a, "t.tif")
