@@ -13,7 +13,8 @@ optimizer steps train the RRDB, later ones the diffusion model with the RRDB fro
 image, the residual ``I_in - I_0`` and the noise are diffused with separate schedules (``rddm_alpha``,
 ``rddm_beta2``, ``sum_scale``), the UNet sees ``cat(I_t, I_in)`` plus the frozen RRDB features and returns
 residual and noise (2C channels, L1 on both); sampling starts at ``I_in + betabar_T eps`` and runs RDDM's sampler
-(``ddim``: eta 0, ``ddpm``: eta 1; ``sampling_steps`` null = the paper's 10). ``res_rescale`` is not used there.
+(``ddim``: eta 0, ``ddpm``: eta 1; ``sampling_steps`` null = the paper's 10). ``res_rescale`` is not used there
+(a value other than its default 2.0 is refused).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class SRDiff(DiffusionMethod):
             rddm_eta(sampler)
             self.rddm_schedule, self.rddm_objective = build_rddm(timesteps, rddm_alpha, rddm_beta2, sum_scale)
             check_rddm_steps(sampling_steps, self.rddm_schedule, "sampling_steps")
+            if res_rescale != 2.0:
+                raise ArgumentError("res_rescale", f"is not used under process: rddm (got {res_rescale}); RDDM "
+                                    "diffuses the residual HR - up(LR) with its own schedules", "drop res_rescale")
         if scale < 1:
             raise ArgumentError("scale", f"must be >= 1, got {scale}", "use the super-resolution factor, e.g. 4")
         self.in_channels = self.out_channels = in_channels

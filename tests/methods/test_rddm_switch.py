@@ -151,6 +151,7 @@ def test_refusals_name_the_argument():
         (lambda: sr(rddm_beta2="cosine"), "rddm_beta2"),
         (lambda: sr(sampling_steps=0), "sampling_steps"),
         (lambda: sr(sampling_steps=51), "sampling_steps"),
+        (lambda: sr(res_rescale=5.0), "res_rescale"),  # not used by RDDM: refused, not ignored
         (lambda: sar(learn_sigma=True), "learn_sigma"),
         (lambda: sar(sampler="unipc"), "sampler"),
         (lambda: sr().eval().predict({"cond": torch.rand(1, 3, 8, 8)}, sampler="dpm_solver_pp"), "sampler"),
