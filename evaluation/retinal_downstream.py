@@ -35,16 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medrs_diff.cli import main as cli  # noqa: E402
+from evaluation.recipe_runs import fit_recipe  # noqa: E402
 from medrs_diff.datamodules.clinical2d import Clinical2DSegmentationDataModule  # noqa: E402
 from medrs_diff.evaluation.fundus_baselines import SCORES, fov_scores  # noqa: E402
 from medrs_diff.inference import Predictor  # noqa: E402
 from medrs_diff.inference.generate import generate_pairs  # noqa: E402
-from medrs_diff.train.recipe import resolve_recipe  # noqa: E402
 
 
 def write_real(root: Path, n: int, size: int, seed: int) -> list[str]:
@@ -57,27 +55,10 @@ def write_real(root: Path, n: int, size: int, seed: int) -> list[str]:
 
 def fit(recipe: str, work: Path, name: str, data: dict[str, Any], method: dict[str, Any], steps: int,
         lr: float | None = None) -> Path:
-    """Fit a packaged recipe with overrides for ``steps`` steps (and ``lr``), no validation; returns the last
+    """Fit a phantom recipe on real folders (its phantom options dropped) for ``steps`` steps; the last
     checkpoint."""
-    cfg = yaml.safe_load(resolve_recipe(recipe).read_text())
-    if lr is not None:
-        cfg["model"]["init_args"]["lr"] = float(lr)
-    cfg["data"]["init_args"].update(data)
-    cfg["data"]["init_args"].pop("phantoms", None)
-    cfg["data"]["init_args"].pop("phantom_kind", None)
-    cfg["model"]["init_args"]["method"]["init_args"].update(method)
-    cfg["model"]["init_args"]["warmup_steps"] = min(int(cfg["model"]["init_args"].get("warmup_steps", 0)), steps)
-    tr = cfg["trainer"]
-    tr.update(max_steps=steps, default_root_dir=str(work / name), limit_val_batches=0, enable_progress_bar=False,
-              log_every_n_steps=max(1, min(50, steps // 4)))
-    for cb in tr.get("callbacks", []):
-        if cb["class_path"].endswith("ModelCheckpoint"):
-            cb["init_args"] = {"save_last": True, "save_top_k": 0}
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if cli(["fit", "--config", str(path)]) not in (0, None):
-        raise SystemExit(f"retinal_downstream.py: training {name} failed")
-    return sorted((work / name).rglob("last.ckpt"))[-1]
+    return fit_recipe(recipe, work, name, steps=steps, data=data, method=method, lr=lr,
+                      drop_data=("phantoms", "phantom_kind"))
 
 
 def merged(real: Path, synth: Path, train_stems: list[str], out: Path) -> Path:
