@@ -3,6 +3,7 @@ discriminative baselines; all share the contract in :mod:`.base`."""
 
 from .anoddpm import AnoDDPM
 from .autoencoder_kl import AutoencoderKLMethod
+from .autoencoder_vq import AutoencoderVQMethod
 from .base import DiffusionMethod, IOSpec, Method
 from .baselines import RegressionSR, SMPUNet
 from .bcdpm import BCDPM
@@ -52,6 +53,7 @@ METHODS: dict[str, type[Method]] = {
     "spectraldiff": SpectralDiff,
     "diffae": DiffAE,
     "autoencoder_kl": AutoencoderKLMethod,
+    "autoencoder_vq": AutoencoderVQMethod,
     "latent_ddpm": LatentDDPM,
     "ddbm": DDBM,
     "latent": LatentMethod,

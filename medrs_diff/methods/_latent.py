@@ -1,13 +1,16 @@
-"""What every latent-diffusion method shares: the frozen autoencoder_kl stage and the stored latent scale.
+"""What every latent-diffusion method shares: the frozen first stage and the stored latent scale.
 
-:func:`read_autoencoder` takes ``(init_args, weights)`` of an autoencoder_kl ``fit`` checkpoint through
-:mod:`medrs_diff.io.checkpoint_file` (EMA weights when the run had them). :class:`LatentSpace` is a mixin
-for a :class:`~medrs_diff.methods.base.Method`: :meth:`LatentSpace.init_latent_space` builds the frozen
-autoencoder as ``self.ae`` (from the file, or from the ``autoencoder_config`` a checkpoint recorded, so
-it rebuilds without the file) and registers ``scale_bits``, the latent scaling factor stored as the
-float32 bit pattern of an int32 buffer: the EMA callback averages floating buffers, which would blend
-the unset value 0 into it, but copies integer ones exactly. The factor is ``target_std / std(z)`` over
-the first batch encoded (estimated once, then fixed; LDM: ``target_std = 1``), or given.
+The first stage is an ``autoencoder_kl`` (:class:`~medrs_diff.methods.autoencoder_kl.AutoencoderKLMethod`) or an
+``autoencoder_vq`` (:class:`~medrs_diff.methods.autoencoder_vq.AutoencoderVQMethod`, quantised in its decoder).
+:func:`read_autoencoder` takes ``(init_args, weights)`` of such a ``fit`` checkpoint through
+:mod:`medrs_diff.io.checkpoint_file` (EMA weights when the run had them) and records which of the two it is under
+:data:`STAGE1_KEY`. :class:`LatentSpace` is a mixin for a :class:`~medrs_diff.methods.base.Method`:
+:meth:`LatentSpace.init_latent_space` builds the frozen autoencoder as ``self.ae`` (from the file, or from the
+``autoencoder_config`` a checkpoint recorded, so it rebuilds without the file; a config without :data:`STAGE1_KEY`
+is an autoencoder_kl's) and registers ``scale_bits``, the latent scaling factor stored as the float32 bit pattern of
+an int32 buffer: the EMA callback averages floating buffers, which would blend the unset value 0 into it, but copies
+integer ones exactly. The factor is ``target_std / std(z)`` over the first batch encoded (estimated once, then
+fixed; LDM: ``target_std = 1``), or given.
 """
 
 from __future__ import annotations
@@ -24,13 +27,32 @@ from ..diffusion.generators import GeneratorLike
 from ..errors import ArgumentError, CheckpointError, DataError
 from ..io.checkpoint_file import method_weights, read_checkpoint_file, stored_method
 from .autoencoder_kl import AutoencoderKLMethod
+from .autoencoder_vq import AutoencoderVQMethod
+from .base import Method
 
-AE_FIX = "pass the last.ckpt of a `medrs-diff fit --config autoencoder_kl_phantom2d` (or other autoencoder_kl) run"
+AE_FIX = ("pass the last.ckpt of a `medrs-diff fit --config autoencoder_kl_phantom2d` (or autoencoder_vq_phantom2d, "
+          "or another autoencoder_kl / autoencoder_vq) run")
+#: the first-stage methods latent diffusion runs on, by registry name
+STAGE1: dict[str, type[Method]] = {AutoencoderKLMethod.name: AutoencoderKLMethod,
+                                   AutoencoderVQMethod.name: AutoencoderVQMethod}
+#: the key of a recorded ``autoencoder_config`` naming its first-stage method (absent: autoencoder_kl)
+STAGE1_KEY = "stage1_method"
+
+
+def stage1_class(config: Mapping[str, Any] | None) -> tuple[type[Method], dict[str, Any]]:
+    """The first-stage class a recorded ``autoencoder_config`` names, and its init arguments."""
+    args = dict(config or {})
+    name = args.pop(STAGE1_KEY, AutoencoderKLMethod.name)
+    if name not in STAGE1:
+        raise ArgumentError("autoencoder_config", f"names first stage {name!r}; known: {sorted(STAGE1)}",
+                            "record one of them (or retrain the first stage)")
+    return STAGE1[name], args
 
 
 def read_autoencoder(path: str | os.PathLike, where: str = "autoencoder") -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(init_args, state_dict)`` of the autoencoder_kl method stored in a local training checkpoint
-    (EMA weights when present), else :class:`CheckpointError` naming the file (or ``where``) and the fix."""
+    """``(config, state_dict)`` of the autoencoder_kl / autoencoder_vq method stored in a local training checkpoint
+    (EMA weights when present; ``config``: its init arguments plus :data:`STAGE1_KEY`), else
+    :class:`CheckpointError` naming the file (or ``where``) and the fix."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(p, f"the {where} checkpoint does not exist", AE_FIX)
@@ -40,12 +62,14 @@ def read_autoencoder(path: str | os.PathLike, where: str = "autoencoder") -> tup
         raise CheckpointError(p, err.problem, AE_FIX) from err
     name, cfg = stored_method(ckpt)
     class_path = str((cfg or {}).get("class_path") or "")
-    if not (name == AutoencoderKLMethod.name or class_path.endswith(AutoencoderKLMethod.__name__)):
-        raise CheckpointError(p, f"holds {name or 'no medrs-diff method'!r}, not an autoencoder_kl model", AE_FIX)
+    stage1 = next((k for k, c in STAGE1.items() if name == k or class_path.endswith(c.__name__)), None)
+    if stage1 is None:
+        raise CheckpointError(p, f"holds {name or 'no medrs-diff method'!r}, not an autoencoder_kl / autoencoder_vq "
+                              "model", AE_FIX)
     state = method_weights(ckpt, ema=True)
     if not state or not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
         raise CheckpointError(p, "holds no autoencoder weights or non-finite ones", AE_FIX)
-    return dict((cfg or {}).get("init_args") or {}), state
+    return {**dict((cfg or {}).get("init_args") or {}), STAGE1_KEY: stage1}, state
 
 
 def check_scale_factor(scale_factor: Any) -> None:
@@ -57,9 +81,9 @@ def check_scale_factor(scale_factor: Any) -> None:
 
 
 class LatentSpace:
-    """Mixin of latent-diffusion methods: ``self.ae`` (frozen autoencoder_kl) and the stored latent scale."""
+    """Mixin of latent-diffusion methods: ``self.ae`` (frozen first stage) and the stored latent scale."""
 
-    ae: AutoencoderKLMethod
+    ae: AutoencoderKLMethod | AutoencoderVQMethod
     scale_bits: Tensor
     #: the scaled latents' standard deviation the estimate aims at (LDM: 1)
     latent_std: float = 1.0
@@ -76,7 +100,8 @@ class LatentSpace:
         if autoencoder_config is None and autoencoder is not None:
             autoencoder_config, state = read_autoencoder(autoencoder)
             self._hparams["autoencoder_config"] = dict(autoencoder_config)  # rebuilds without the file
-        self.ae = AutoencoderKLMethod(**dict(autoencoder_config or {}))
+        cls, args = stage1_class(autoencoder_config)
+        self.ae = cls(**args)
         if state is not None:
             try:
                 self.ae.load_state_dict(state, strict=True)

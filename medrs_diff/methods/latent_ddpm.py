@@ -1,7 +1,8 @@
 """Latent diffusion (Rombach et al. CVPR 2022): an unconditional DDPM trained in a frozen autoencoder's latent space.
 
-Stage 1 is an :class:`~medrs_diff.methods.autoencoder_kl.AutoencoderKLMethod` trained by ``medrs-diff fit``
-(recipe ``autoencoder_kl_phantom2d``). Stage 2, this method, loads that checkpoint's weights (EMA weights
+Stage 1 is an :class:`~medrs_diff.methods.autoencoder_kl.AutoencoderKLMethod` (recipe ``autoencoder_kl_phantom2d``)
+or an :class:`~medrs_diff.methods.autoencoder_vq.AutoencoderVQMethod` (``autoencoder_vq_phantom2d``, its quantiser
+in the decoder) trained by ``medrs-diff fit``. Stage 2, this method, loads that checkpoint's weights (EMA weights
 when the run had them) from the local path ``autoencoder`` once, at construction, freezes them and trains
 an eps-prediction DDPM (MONAI DiffusionModelUNet) on **scaled** latents ``scale * z``, ``z`` a posterior
 sample. ``scale`` is the paper's latent scaling factor, ``1 / std(z)`` over the first training batch
@@ -46,7 +47,7 @@ from .base import DiffusionMethod, DiffusionPair, check_sampler, no_diffusion_pa
 
 
 class LatentDDPM(LatentSpace, DiffusionMethod):
-    """Unconditional DDPM on a frozen autoencoder_kl's scaled latents; see the module docstring."""
+    """Unconditional DDPM on a frozen first stage's scaled latents; see the module docstring."""
 
     name = "latent_ddpm"
     task = "image"

@@ -1,13 +1,13 @@
 """Latent diffusion for any image method (Rombach et al. CVPR 2022): a recipe switch that runs a method in the
-latent space of a frozen autoencoder_kl stage.
+latent space of a frozen first stage (``autoencoder_kl`` or ``autoencoder_vq``).
 
-``method: {class_path: SRDiff, init_args: {...}}`` is the inner method, built in latent space: where its
-arguments take ``in_channels`` / ``out_channels`` and the recipe leaves them out, they are set to the
-autoencoder's latent channel count (a given one must equal it); its ``scale`` and other geometry are the
-latent grid's. ``autoencoder`` is the last.ckpt of an ``autoencoder_kl`` fit run, read once at construction
-(EMA weights when present, through :mod:`medrs_diff.io.checkpoint_file`) and frozen; its architecture is
-recorded as the argument ``autoencoder_config`` and its weights live in this method's state dict, so a latent
-checkpoint rebuilds, and ``infer`` runs, without the autoencoder file.
+``method: {class_path: SRDiff, init_args: {...}}`` is the inner method, built in latent space: where its arguments
+take ``in_channels`` / ``out_channels`` and the recipe leaves them out, they are set to the autoencoder's latent
+channel count (a given one must equal it); its ``scale`` and other geometry are the latent grid's. ``autoencoder``
+is the last.ckpt of an ``autoencoder_kl`` / ``autoencoder_vq`` fit run, read once at construction (EMA weights when
+present, through :mod:`medrs_diff.io.checkpoint_file`) and frozen; its architecture is recorded as the argument
+``autoencoder_config`` and its weights live in this method's state dict, so a latent checkpoint rebuilds, and
+``infer`` runs, without the autoencoder file.
 
 Training (``loss``): the target (the inner method's ``target_key``) is encoded to a posterior sample drawn
 with the engine's generator and multiplied by the latent scale; each condition the inner method reads (its
@@ -53,6 +53,7 @@ from ..diffusion.process import check_spatial
 from ..errors import ArgumentError, DataError
 from ._latent import LatentSpace
 from .autoencoder_kl import AutoencoderKLMethod
+from .autoencoder_vq import AutoencoderVQMethod
 from .base import IOSpec, Method
 
 #: how a condition reaches the latent space
@@ -91,7 +92,7 @@ def resolve_inner_class(class_path: Any) -> type[Method]:
 
 
 class LatentMethod(LatentSpace, Method):
-    """Any image method trained and sampled in a frozen autoencoder_kl's latent space; see the module docstring."""
+    """Any image method trained and sampled in a frozen first stage's latent space; see the module docstring."""
 
     name = "latent"
     task = "image"
@@ -111,7 +112,7 @@ class LatentMethod(LatentSpace, Method):
         if not isinstance(method, Mapping) or "class_path" not in method:
             raise ArgumentError("method", f"must be {{class_path, init_args}}, got {method!r}", _FIX_INNER)
         cls = resolve_inner_class(method["class_path"])
-        if issubclass(cls, LatentSpace | AutoencoderKLMethod):
+        if issubclass(cls, LatentSpace | AutoencoderKLMethod | AutoencoderVQMethod):
             raise ArgumentError("method", f"{cls.name} already works with an autoencoder; it cannot be wrapped",
                                 _FIX_INNER)
         self.init_latent_space(autoencoder, autoencoder_config, scale_factor, latent_std)

@@ -57,6 +57,7 @@ TINY = {
     "diffae": dict(in_channels=2, z_dim=4, encoder_base=4, encoder_levels=2, base=8, t_dim=16, timesteps=50),
     "autoencoder_kl": dict(in_channels=2, channels=(8, 8), attention_levels=(False, False), latent_channels=2,
                            norm_num_groups=4),
+    "autoencoder_vq": dict(in_channels=2, channels=(8,), num_embeddings=8, embedding_dim=2),
     "latent_ddpm": dict(autoencoder_config=dict(in_channels=2, channels=(8, 8), attention_levels=(False, False),
                                                 latent_channels=2, norm_num_groups=4),
                         scale_factor=0.5, channels=(8, 16), attention_levels=(False, False), num_head_channels=8,
@@ -167,6 +168,8 @@ def test_io_specs_declare_inputs_outputs_and_grid():
                                      ("prediction",), {"size_multiple": 2})
     assert specs["autoencoder_kl"] == IOSpec({"image": 2}, ("prediction",), 2, 1, "image", ("prediction",),
                                              {"size_multiple": 2})
+    assert specs["autoencoder_vq"] == IOSpec({"image": 2}, ("prediction",), 2, 1, "image", ("prediction",),
+                                             {"size_multiple": 2})
     # the latent grid is 1/2 of the image and the UNet halves it once more
     assert specs["latent_ddpm"] == IOSpec({"image": 2}, ("prediction",), 2, 1, "image", ("prediction",),
                                           {"size_multiple": 4})
@@ -213,6 +216,7 @@ def test_predict_returns_every_declared_output():
         "spectraldiff": {"image": torch.randn(2, 2, 16, 16)},
         "diffae": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
         "autoencoder_kl": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
+        "autoencoder_vq": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
         "latent_ddpm": {"image": torch.rand(2, 2, 16, 16) * 2 - 1},
         "ddbm": {"cond": torch.rand(2, 2, 16, 16) * 2 - 1},
         "latent": {"cond": torch.rand(2, 3, 8, 8) * 2 - 1},

@@ -121,7 +121,8 @@ def test_bad_autoencoder_checkpoints_are_refused(tmp_path):
     other_cfg = torch.load(other, weights_only=True)
     other_cfg["medrs_diff"]["method"]["class_path"] = "medrs_diff.methods.segdiff.SegDiff"
     torch.save(other_cfg, other)
-    with pytest.raises(CheckpointError, match=r"seg\.ckpt: holds 'segdiff', not an autoencoder_kl model\. Fix"):
+    with pytest.raises(CheckpointError,
+                       match=r"seg\.ckpt: holds 'segdiff', not an autoencoder_kl / autoencoder_vq model\. Fix"):
         LatentDDPM(autoencoder=str(other), **UNET)
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
