@@ -59,6 +59,9 @@ METHOD_OVERRIDES = {"medsegdiff_v1_repo_input": {"image_in_diffusion_encoder": T
 LABELS = {"segdiff": "SegDiff", "medsegdiff_v1": "MedSegDiff V1 (pure diffusion)", "medsegdiff_v2": "MedSegDiff-V2",
           "smp_unet": "smp UNet (resnet18, random init)",
           "medsegdiff_v1_repo_input": "MedSegDiff V1 ([image, x_t] into the diffusion encoder, official code)"}
+#: short column titles of the panel
+PANEL_TITLES = {"segdiff": "SegDiff", "medsegdiff_v1": "MedSegDiff V1", "medsegdiff_v2": "MedSegDiff-V2",
+                "smp_unet": "smp UNet", "medsegdiff_v1_repo_input": "V1, official input"}
 #: candidate median-filter widths (pixels at the resized resolution) for the green baseline
 BACKGROUNDS = (7, 9, 11, 15, 21)
 
@@ -188,15 +191,16 @@ def main() -> None:
     bg = choose_background(load_cases(args.root, args.resize, args.patch, train=True))
     print(f"green baseline: median width {bg} px (chosen on the 9 training cases)", flush=True)
     masks = {"All background": [all_background(c["fov"]) for c in test],
-             f"Green channel (median {bg} px, Otsu)": [green_vessels(c["rgb"], c["fov"], bg) for c in test]}
-    rows = [(name, mean_scores(m, test), "-", "-", "none") for name, m in masks.items()]
+             "Green channel": [green_vessels(c["rgb"], c["fov"], bg) for c in test]}
+    baseline_rows = {"All background": "All background", "Green channel": f"Green channel (median {bg} px, Otsu)"}
+    rows = [(baseline_rows[name], mean_scores(m, test), "-", "-", "none") for name, m in masks.items()]
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             print(f"== {model}: training {args.steps} steps", flush=True)
             ckpt, train_s = train(model, Path(tmp), args)
             print(f"== {model}: trained in {train_s:.0f} s; segmenting {len(test)} cases", flush=True)
             pred, infer_s, used = segment(ckpt, test, args)
-            masks[LABELS[model]] = pred
+            masks[PANEL_TITLES[model]] = pred
             rows.append((LABELS[model], mean_scores(pred, test), f"{train_s:.0f}", f"{infer_s / len(test):.1f}", used))
             print(f"== {model}: FOV Dice {rows[-1][1]['dice']:.4f}, {infer_s / len(test):.1f} s/case ({used})",
                   flush=True)
