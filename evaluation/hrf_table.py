@@ -41,7 +41,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medrs_diff.cli import main as cli  # noqa: E402
+from evaluation.recipe_runs import fit_recipe  # noqa: E402
 from medrs_diff.datamodules.clinical2d import Clinical2DSegmentationDataModule  # noqa: E402
 from medrs_diff.evaluation.fundus_baselines import SCORES, all_background, fov_scores, green_vessels  # noqa: E402
 from medrs_diff.inference import Predictor  # noqa: E402
@@ -93,37 +93,18 @@ def choose_background(train_cases: list[Case], candidates: tuple[int, ...] = BAC
     return max(candidates, key=mean_dice)
 
 
-def recipe_for(model: str, work: Path, args: argparse.Namespace) -> Path:
-    """``model``'s packaged recipe with the table's shared overrides, written under ``work``."""
-    cfg = yaml.safe_load(resolve_recipe(RECIPES[model]).read_text())
-    data = cfg["data"]["init_args"]
-    data.update(root=str(args.root), resize=list(args.resize), patch_size=list(args.patch), val_cases=TEST_CASES,
-                batch_size=args.batch)
-    trainer = cfg["trainer"]
-    trainer.update(max_steps=args.steps, default_root_dir=str(work / model), limit_val_batches=0,
-                   enable_progress_bar=False, log_every_n_steps=max(1, min(50, args.steps // 4)))
-    for cb in trainer.get("callbacks", []):
-        if cb["class_path"].endswith("ModelCheckpoint"):  # no validation: keep the last weights
-            cb["init_args"] = {"save_last": True, "save_top_k": 0}
-    method = cfg["model"]["init_args"]["method"]["init_args"]
-    method.update(METHOD_OVERRIDES.get(model, {}))
+def train(model: str, work: Path, args: argparse.Namespace) -> tuple[Path, float]:
+    """Fit ``model``'s packaged recipe with the table's shared overrides for ``args.steps`` steps under ``work``;
+    (last checkpoint, seconds)."""
+    recipe = yaml.safe_load(resolve_recipe(RECIPES[model]).read_text())
+    method = {**recipe["model"]["init_args"]["method"]["init_args"], **METHOD_OVERRIDES.get(model, {})}
     if model.startswith("medsegdiff_v1") and method.get("calibration", False):
         raise SystemExit("hrf_table.py: medsegdiff_v1_fundus has calibration on; the table reports pure diffusion")
-    path = work / f"{model}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def train(model: str, work: Path, args: argparse.Namespace) -> tuple[Path, float]:
-    """Fit ``model`` for ``args.steps`` steps; (last checkpoint, seconds)."""
     start = time.perf_counter()
-    rc = cli(["fit", "--config", str(recipe_for(model, work, args))])
-    if rc not in (0, None):
-        raise SystemExit(f"hrf_table.py: training {model} failed (exit {rc})")
-    ckpts = sorted((work / model).rglob("last.ckpt"))
-    if not ckpts:
-        raise SystemExit(f"hrf_table.py: training {model} wrote no last.ckpt under {work / model}")
-    return ckpts[-1], time.perf_counter() - start
+    ckpt = fit_recipe(RECIPES[model], work, model, steps=args.steps, method=METHOD_OVERRIDES.get(model, {}),
+                      data=dict(root=str(args.root), resize=list(args.resize), patch_size=list(args.patch),
+                                val_cases=TEST_CASES, batch_size=args.batch))
+    return ckpt, time.perf_counter() - start
 
 
 def segment(ckpt: Path, cases: list[Case], args: argparse.Namespace) -> tuple[list[np.ndarray], float, str]:
