@@ -18,31 +18,24 @@ trains a diffusion model in this latent space.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from monai.networks.nets import AutoencoderKL
 from torch import Tensor
 
-from ..data.keys import IMAGE
 from ..diffusion.contrastive import augment_views, info_nce
 from ..diffusion.generators import GeneratorLike, randn_like
-from ..diffusion.process import check_spatial
 from ..errors import ArgumentError, DataError
-from .base import Method
+from ._autoencoder import ImageAutoencoder
 
 
-class AutoencoderKLMethod(Method):
+class AutoencoderKLMethod(ImageAutoencoder):
     """Image -> latent posterior -> image; see the module docstring. Trains on ``image``; ``predict`` returns
     ``prediction``, the reconstruction from the posterior mean (model space, mapped back to data units)."""
 
     name = "autoencoder_kl"
-    task = "image"
-    input_key = IMAGE
-    target_key = IMAGE
-    outputs = ("prediction",)
-    data_space = ("prediction",)
 
     def __init__(
         self,
@@ -95,30 +88,7 @@ class AutoencoderKLMethod(Method):
         )
         self._factor = 2 ** (len(channels) - 1)
 
-    @property
-    def size_multiple(self) -> int:
-        """Spatial sizes must be multiples of the encoder's downsampling factor."""
-        return int(self._factor)
-
-    @property
-    def downsampling(self) -> int:
-        """Image pixels per latent pixel along each spatial axis."""
-        return int(self._factor)
-
     # -- encode / decode --------------------------------------------------------------------------
-    def _image(self, batch: Mapping[str, Any]) -> Tensor:
-        if self.input_key not in batch:
-            raise DataError("batch", f"the autoencoder needs batch[{self.input_key!r}] (the image)",
-                            "use a data module that provides images")
-        x = batch[self.input_key]
-        check_spatial(x, "image")
-        self.check_input(x, "image")
-        bad = [s for s in x.shape[2:] if s % self._factor]
-        if bad:
-            raise DataError("image", f"spatial size {tuple(x.shape[2:])} is not a multiple of the autoencoder's "
-                            f"downsampling factor {self._factor}", f"crop or pad images to multiples of {self._factor}")
-        return x
-
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, sigma)`` of the latent posterior of ``x``."""
         return self.autoencoder.encode(x)
@@ -158,22 +128,3 @@ class AutoencoderKLMethod(Method):
         a = augment_views(x, generator, self.augment_crop, self.augment_noise)
         b = augment_views(x, generator, self.augment_crop, self.augment_noise)
         return info_nce(self.posterior(a)[0], self.posterior(b)[0], self.contrastive_temperature)
-
-    @torch.no_grad()
-    def predict(
-        self,
-        batch: dict[str, Any],
-        *,
-        sampler: str | None = None,
-        steps: int | None = None,
-        n_samples: int | None = None,
-        generator: GeneratorLike = None,
-        progress: bool = False,
-    ) -> dict[str, Tensor]:
-        """``prediction``: the decoded posterior mean (deterministic; sampler / steps / n_samples do not apply)."""
-        x = self._image(batch)
-        recon = self.decode(self.encode(x, sample=False))
-        if not bool(torch.isfinite(recon).all()):
-            raise DataError("autoencoder_kl", "the reconstruction holds NaN or Inf values",
-                            "check the input (finite, scaled as in training) and the checkpoint")
-        return {"prediction": recon}

@@ -18,32 +18,25 @@ take this method's checkpoint as their ``autoencoder`` as they take an ``autoenc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from monai.networks.nets import VQVAE
 from torch import Tensor
 
-from ..data.keys import IMAGE
 from ..diffusion.generators import GeneratorLike
-from ..diffusion.process import check_spatial
-from ..errors import ArgumentError, DataError
-from .base import Method
+from ..errors import ArgumentError
+from ._autoencoder import ImageAutoencoder
 
 __all__ = ["AutoencoderVQMethod"]
 
 
-class AutoencoderVQMethod(Method):
+class AutoencoderVQMethod(ImageAutoencoder):
     """Image -> encodings -> nearest codebook vectors -> image; see the module docstring. Trains on ``image``;
     ``predict`` returns ``prediction``, the reconstruction (model space, mapped back to data units)."""
 
     name = "autoencoder_vq"
-    task = "image"
-    input_key = IMAGE
-    target_key = IMAGE
-    outputs = ("prediction",)
-    data_space = ("prediction",)
 
     def __init__(
         self,
@@ -94,30 +87,7 @@ class AutoencoderVQMethod(Method):
         )
         self._factor = 2 ** levels
 
-    @property
-    def size_multiple(self) -> int:
-        """Spatial sizes must be multiples of the encoder's downsampling factor."""
-        return int(self._factor)
-
-    @property
-    def downsampling(self) -> int:
-        """Image pixels per latent pixel along each spatial axis."""
-        return int(self._factor)
-
     # -- encode / decode --------------------------------------------------------------------------
-    def _image(self, batch: Mapping[str, Any]) -> Tensor:
-        if self.input_key not in batch:
-            raise DataError("batch", f"the autoencoder needs batch[{self.input_key!r}] (the image)",
-                            "use a data module that provides images")
-        x = batch[self.input_key]
-        check_spatial(x, "image")
-        self.check_input(x, "image")
-        bad = [s for s in x.shape[2:] if s % self._factor]
-        if bad:
-            raise DataError("image", f"spatial size {tuple(x.shape[2:])} is not a multiple of the autoencoder's "
-                            f"downsampling factor {self._factor}", f"crop or pad images to multiples of {self._factor}")
-        return x
-
     def encode(self, x: Tensor, generator: GeneratorLike = None, sample: bool = True) -> Tensor:
         """The encoder's continuous output (before quantisation); ``generator`` and ``sample`` do not apply (the
         encoder is deterministic; the arguments match the KL stage's)."""
@@ -147,22 +117,3 @@ class AutoencoderVQMethod(Method):
         # perplexity: the effective number of codes this batch used (exp of the code histogram's entropy)
         return l1 + commitment, {"l1": l1.detach(), "commitment": commitment.detach(),
                                  "perplexity": self.vqvae.quantizer.perplexity.detach()}
-
-    @torch.no_grad()
-    def predict(
-        self,
-        batch: dict[str, Any],
-        *,
-        sampler: str | None = None,
-        steps: int | None = None,
-        n_samples: int | None = None,
-        generator: GeneratorLike = None,
-        progress: bool = False,
-    ) -> dict[str, Tensor]:
-        """``prediction``: the reconstruction (deterministic; sampler / steps / n_samples do not apply)."""
-        x = self._image(batch)
-        recon = self.decode(self.encode(x))
-        if not bool(torch.isfinite(recon).all()):
-            raise DataError("autoencoder_vq", "the reconstruction holds NaN or Inf values",
-                            "check the input (finite, scaled as in training) and the checkpoint")
-        return {"prediction": recon}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_latent_diffusion import UNET, phantoms, save_ae_checkpoint
+from test_latent_diffusion import UNET, phantoms, save_ae_checkpoint, train_autoencoder
 
 from medrs_diff.errors import ArgumentError
 from medrs_diff.methods import AutoencoderVQMethod, LatentDDPM
@@ -21,16 +21,7 @@ def test_vq_autoencoder_reconstructs_held_out_phantoms_with_a_used_codebook():
     torch.manual_seed(0)
     train, test = phantoms(64, 0), phantoms(8, 1)
     m = AutoencoderVQMethod(channels=(32, 32), num_embeddings=256, embedding_dim=4)
-    steps = 500
-    opt = torch.optim.Adam(m.parameters(), lr=5e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-3, total_steps=steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        loss, logs = m.loss({"image": train[torch.randint(0, 64, (8,), generator=g)]}, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    logs = train_autoencoder(m, train)
     assert float(logs["perplexity"]) > 20  # the EMA codebook spread over many codes (measured ~99)
     m.eval()
     used = torch.unique(m.codes(m.encode(test))).numel()
