@@ -3,7 +3,7 @@ model trained on the real phantom pairs) reaches >= 70 % of the FOV Dice of one 
 held-out real phantoms, for both segmenters of the paper's protocol (smp UNet and SegDiff;
 `evaluation/retinal_downstream.py` with its defaults).
 
-About 15 minutes of one CPU thread (both DDPMs 1000 steps, three smp UNets and three SegDiffs 300 steps each), so it
+About 15 minutes of one free CPU thread (both DDPMs 800 steps, three smp UNets and three SegDiffs 300 steps each), so it
 is opt-in: ``MEDRS_DIFF_LONG_TESTS=1 pytest tests/evaluation/test_retinal_downstream_long.py``. Measured numbers:
 evaluation/results/retinal_downstream.md.
 """
