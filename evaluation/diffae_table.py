@@ -16,7 +16,8 @@ scaling: per-slice z-score):
   alone holds (paper Sec. 4.1's stochastic variations);
 - **PCA**: the best linear code of the same size as z_sem, fitted on the training slices (z-scored as the
   models see them), the closed-form baseline;
-- **AutoencoderKL**: MONAI's KL autoencoder (latent 3 x size/4 x size/4), posterior mean decoded.
+- **AutoencoderKL**: MONAI's KL autoencoder (latent 3 x size/4 x size/4), posterior mean decoded;
+- **VQ-VAE**: MONAI's VQVAE (``autoencoder_vq_phantom2d``: 256 codes of 3 numbers at size/4 x size/4).
 
 Scores on the held-out slices in HU: PSNR (data range 2000 HU), SSIM (Gaussian 11 px, same range) and MAE.
 
@@ -162,9 +163,14 @@ def main() -> None:
     start = time.perf_counter()
     aekl = fit_recipe("autoencoder_kl_phantom2d", work, "autoencoder_kl", steps=args.steps, data=data)
     timings["AutoencoderKL"] = time.perf_counter() - start
+    start = time.perf_counter()
+    aevq = fit_recipe("autoencoder_vq_phantom2d", work, "autoencoder_vq", steps=args.steps, data=data)
+    timings["VQ-VAE"] = time.perf_counter() - start
     ref = slices[test]
     d = diffae_rows(diffae, ref, args.ddim_steps, args.draws, args.seed)
     ae = np.stack([Predictor.from_checkpoint(aekl).predict_array(a, case=f"slice{i}")["prediction"][0]
+                   for i, a in enumerate(ref)])
+    vq = np.stack([Predictor.from_checkpoint(aevq).predict_array(a, case=f"slice{i}")["prediction"][0]
                    for i, a in enumerate(ref)])
     k = min(args.z_dim, len(train) - 1)
     pc = pca_recon(slices[train], ref, k)
@@ -177,13 +183,15 @@ def main() -> None:
         f"PCA, {k} components (training slices)": (scores(pc, ref), k),
         f"AutoencoderKL (latent 3 x {args.size // 4} x {args.size // 4}), posterior mean": (
             scores(ae, ref), 3 * (args.size // 4) ** 2),
+        f"VQ-VAE (256 codes, grid {args.size // 4} x {args.size // 4})": (scores(vq, ref), (args.size // 4) ** 2),
     }
     out = work / "diffae_table.md"
     head = (f"DiffAE on real CT ({args.ct.name}, one abdominal CT, 3 mm): axial slices clipped to {HU[0]:g}..{HU[1]:g}"
             f" HU, padded square, resized to {args.size} x {args.size}; {len(train)} training slices, {len(test)} "
             f"held-out central slices ({args.gap} unused on each side). Every model {args.steps} steps, batch 16, "
             f"per-slice z-score. Scores on the held-out slices in HU (PSNR and SSIM with data range 2000 HU). "
-            f"Training: DiffAE {timings['DiffAE']:.0f} s, AutoencoderKL {timings['AutoencoderKL']:.0f} s; "
+            f"Training: DiffAE {timings['DiffAE']:.0f} s, AutoencoderKL {timings['AutoencoderKL']:.0f} s, "
+            f"VQ-VAE {timings['VQ-VAE']:.0f} s; "
             f"whole run {time.perf_counter() - t0:.0f} s on {torch.get_num_threads()} CPU thread(s).")
     lines = ["| model | code size (numbers) | PSNR dB | SSIM | MAE HU |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {size} | {s['psnr']:.2f} | {s['ssim']:.3f} | {s['mae_hu']:.1f} |"
@@ -195,7 +203,7 @@ def main() -> None:
     from medrs_diff.viz.panels import save_panel
 
     cols = {"reference": ref, "DiffAE z_sem + x_T": d["full"], "DiffAE z_sem only": d["sem"][:, 0], "PCA": pc,
-            "AutoencoderKL": ae}
+            "AutoencoderKL": ae, "VQ-VAE": vq}
     save_panel(work / "diffae_panel.png", {k: torch.from_numpy(np.clip(v, *HU).astype(np.float32))[:, None]
                                            for k, v in cols.items()},
                max_rows=4, title="held-out CT slices (HU clipped to -1000..1000, one range per row)",
