@@ -96,7 +96,8 @@ class GeoRasterDataset(RasterDataset):
         return [filepath]
 
     def _check_files(self, expected_bands: int | None, check_nodata: bool) -> None:
-        n_expected = expected_bands or (len(self.all_bands) if self.all_bands and not self.separate_files else None)
+        n_expected = (expected_bands if expected_bands is not None
+                      else len(self.all_bands) if self.all_bands and not self.separate_files else None)
         for filepath in self.index.filepath:
             for f in self._band_files(filepath):
                 if not Path(f).is_file():

@@ -60,7 +60,7 @@ def image_layout(x: io.ArrayFile, spatial_dims: int | None = None) -> tuple[np.n
         return data, 2
     if x.kind == "nifti":
         data, _ = label_map(x)
-    sd = spatial_dims or min(data.ndim, 3)
+    sd = spatial_dims if spatial_dims is not None else min(data.ndim, 3)
     if data.ndim == sd:
         return data[None], sd
     if data.ndim == sd + 1:
