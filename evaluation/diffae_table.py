@@ -127,6 +127,12 @@ def diffae_rows(ckpt: Path, test: np.ndarray, steps: int, draws: int, seed: int)
     return {"full": np.stack(full), "sem": np.stack(sem)}  # (N, H, W), (N, draws, H, W)
 
 
+def autoencoded(ckpt: Path, slices: np.ndarray) -> np.ndarray:
+    """Each slice through an autoencoder checkpoint's Predictor (the `infer` path), the checkpoint read once."""
+    pred = Predictor.from_checkpoint(ckpt)
+    return np.stack([pred.predict_array(a, case=f"slice{i}")["prediction"][0] for i, a in enumerate(slices)])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ct", type=Path, default=CT)
@@ -168,10 +174,7 @@ def main() -> None:
     timings["VQ-VAE"] = time.perf_counter() - start
     ref = slices[test]
     d = diffae_rows(diffae, ref, args.ddim_steps, args.draws, args.seed)
-    ae = np.stack([Predictor.from_checkpoint(aekl).predict_array(a, case=f"slice{i}")["prediction"][0]
-                   for i, a in enumerate(ref)])
-    vq = np.stack([Predictor.from_checkpoint(aevq).predict_array(a, case=f"slice{i}")["prediction"][0]
-                   for i, a in enumerate(ref)])
+    ae, vq = autoencoded(aekl, ref), autoencoded(aevq, ref)
     k = min(args.z_dim, len(train) - 1)
     pc = pca_recon(slices[train], ref, k)
     rows = {
