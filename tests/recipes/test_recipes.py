@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -116,12 +117,17 @@ def stage_one_recipe(recipe: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """``fitted(recipe)`` -> the checkpoint of a two-step run of ``recipe`` (each recipe is run once)."""
+    """``fitted(recipe)`` -> the checkpoint of a two-step run of ``recipe`` (each recipe is run once).
+
+    The packaged networks are full size (up to 400 MB a checkpoint with EMA and optimizer state): each run keeps only
+    ``last.ckpt``, and the runs are deleted when the module ends, so the suite stays within a few GB of disk."""
     _RUNS: dict[str, Path] = {}
+    dirs: list[Path] = []
 
     def run(recipe: Path) -> Path:
         if recipe.name not in _RUNS:
             tmp = tmp_path_factory.mktemp(recipe.stem)
+            dirs.append(tmp)
             args = smoke_args(recipe, tmp)
             if isinstance(_method_args(recipe).get("autoencoder"), str):  # latent diffusion: stage 1 trains first
                 ae = run(stage_one_recipe(recipe))
@@ -131,9 +137,14 @@ def fitted(tmp_path_factory):
             assert ckpts, f"{recipe.name}: no checkpoint written"
             last = [p for p in ckpts if p.name == "last.ckpt"]
             _RUNS[recipe.name] = (last or ckpts)[0]
+            for p in ckpts:
+                if p != _RUNS[recipe.name]:
+                    p.unlink()
         return _RUNS[recipe.name]
 
-    return run
+    yield run
+    for tmp in dirs:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _recipe(recipe: Path) -> dict[str, Any]:
