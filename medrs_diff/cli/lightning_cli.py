@@ -82,11 +82,11 @@ def run_lightning(argv: Sequence[str], *, info: bool = True) -> int:
     """Run LightningCLI on ``argv`` (``[command, --config, RECIPE, overrides...]``); returns 0.
 
     Output is kept readable (:func:`~medrs_diff.cli.quiet.quiet_lightning`): no tips, no harmless
-    deprecation warnings, no progress bar when stdout is not a terminal; ``info=False`` also hides
-    Lightning's INFO lines.
+    deprecation warnings, no progress bar when stdout is not a terminal (a progress line a minute instead,
+    :class:`~medrs_diff.train.progress.TextProgress`); ``info=False`` also hides Lightning's INFO lines.
     """
     from ..datamodules import DictDataModule
-    from ..train import DiffusionTask, RecipeConfigCallback
+    from ..train import DiffusionTask, RecipeConfigCallback, TextProgress
     from ..train.recipe import check_recipe_args, resolve_config_args
 
     args = progress_args(resolve_config_args(list(argv)))
@@ -102,6 +102,7 @@ def run_lightning(argv: Sequence[str], *, info: bool = True) -> int:
                 save_config_kwargs={"overwrite": True},
                 args=args,
                 auto_configure_optimizers=False,
+                trainer_defaults={"callbacks": [TextProgress()]},  # a line a minute when no bar is shown
             )
         except ValueError as err:  # jsonargparse wraps our errors raised while it builds the classes: unwrap
             inner = _medrs_cause(err)

@@ -27,6 +27,7 @@ from .ema import EMA
 from .learned_schedule import LearnedSchedule
 from .optim import WarmupCosine, param_groups, warmup_cosine
 from .panels import save_panel
+from .progress import TextProgress
 from .task import DiffusionTask
 
 #: Names that moved to :mod:`medrs_diff.datamodules.base`; resolved lazily so ``train`` does not import
@@ -49,6 +50,7 @@ __all__ = [
     "CheckpointError",
     "DiffusionTask",
     "RecipeConfigCallback",
+    "TextProgress",
     "WarmupCosine",
     "atomic_torch_save",
     "build_method",
