@@ -67,10 +67,12 @@ class TextProgress(Callback):
         self.stream = stream
         self._start = self._last = 0.0
         self._first_step = 0
+        self._total = math.inf
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = self._last = time.monotonic()
         self._first_step = trainer.global_step
+        self._total = float(trainer.estimated_stepping_batches)  # once: it may set the training data up
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -81,6 +83,6 @@ class TextProgress(Callback):
             return
         self._last = now
         shown = {k: float(trainer.callback_metrics[k]) for k in self.metrics if k in trainer.callback_metrics}
-        line = progress_line(trainer.global_step, float(trainer.estimated_stepping_batches), now - self._start,
+        line = progress_line(trainer.global_step, self._total, now - self._start,
                              trainer.global_step - self._first_step, shown)
         print(line, file=sys.stderr if self.stream is None else self.stream, flush=True)
