@@ -14,6 +14,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_LIGHTNING_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
 
 
@@ -35,6 +36,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def restore_global_state():
+    """Keep the global state that Lightning changes (deterministic algorithms, seed environment
+    variables, torch's RNG) local to the test; folders whose tests train use it on every test."""
+    import torch
+
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    env = {k: os.environ.get(k) for k in _LIGHTNING_ENV}
+    rng = torch.get_rng_state()
+    yield
+    torch.use_deterministic_algorithms(det, warn_only=warn_only)
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    torch.set_rng_state(rng)
 
 
 def pytest_configure(config):
