@@ -22,11 +22,14 @@ from medrs_diff.train.recipe import resolve_recipe  # noqa: E402
 
 def fit_recipe(recipe: str, work: Path, name: str, *, steps: int, data: Mapping[str, Any] | None = None,
                method: Mapping[str, Any] | None = None, lr: float | None = None, drop_data: Iterable[str] = (),
-               drop_method: Iterable[str] = ()) -> Path:
+               drop_method: Iterable[str] = (), seed: int | None = None) -> Path:
     """Fit ``recipe`` for ``steps`` optimizer steps under ``work / name`` with ``data`` / ``method`` init-argument
-    overrides (``drop_*``: arguments removed first, back to their defaults) and ``lr``; no validation, only
-    ``last.ckpt`` kept (returned). The config written is ``work / f"{name}.yaml"``."""
+    overrides (``drop_*``: arguments removed first, back to their defaults), ``lr`` and ``seed`` (the run's
+    ``seed_everything``; None keeps the recipe's); no validation, only ``last.ckpt`` kept (returned). The config
+    written is ``work / f"{name}.yaml"``."""
     cfg = yaml.safe_load(resolve_recipe(recipe).read_text())
+    if seed is not None:
+        cfg["seed_everything"] = int(seed)
     model = cfg["model"]["init_args"]
     if lr is not None:
         model["lr"] = float(lr)
