@@ -103,7 +103,7 @@ def train(model: str, work: Path, args: argparse.Namespace) -> tuple[Path, float
     start = time.perf_counter()
     ckpt = fit_recipe(RECIPES[model], work, model, steps=args.steps, method=METHOD_OVERRIDES.get(model, {}),
                       data=dict(root=str(args.root), resize=list(args.resize), patch_size=list(args.patch),
-                                val_cases=TEST_CASES, batch_size=args.batch), seed=args.seed)
+                                val_cases=TEST_CASES, batch_size=args.batch, seed=args.data_seed), seed=args.seed)
     return ckpt, time.perf_counter() - start
 
 
@@ -154,7 +154,10 @@ def main() -> None:
     p.add_argument("--window-batch", type=int, default=8, help="sliding windows per forward pass at inference")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0,
-                   help="training seed (seed_everything) and the first sampling seed (case i: seed + i)")
+                   help="training seed (seed_everything: the network's initialisation; the task's seed: its training "
+                        "noise) and the first sampling seed (case i: seed + i)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="the data module's seed: the order and the random patches of training")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="10 steps, 2 models, nothing written")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -191,7 +194,8 @@ def main() -> None:
         f"HRF vessels (../shared/data/fundus_hrf): train 9 cases, test {', '.join(c['name'] for c in test)}; "
         f"every case resized to {args.resize[0]} x {args.resize[1]} (1/8 of 2336 x 3504), training on random "
         f"{args.patch[0]} x {args.patch[1]} patches (batch {args.batch}), {args.steps} optimizer steps for every "
-        f"model, seed {args.seed}, no validation during training, last EMA weights scored.",
+        f"model, seed {args.seed} (data seed {args.data_seed}), no validation during training, last EMA weights "
+        "scored.",
         f"Inference: Predictor (the `medrs-diff infer` path), Gaussian-blended sliding windows of "
         f"{args.patch[0]} x {args.patch[1]}, overlap 0.25. Scores per case inside the field of view at the resized "
         "resolution (labels and FOV resized nearest), then averaged over the 3 test cases.",

@@ -25,12 +25,13 @@ def fit_recipe(recipe: str, work: Path, name: str, *, steps: int, data: Mapping[
                drop_method: Iterable[str] = (), seed: int | None = None) -> Path:
     """Fit ``recipe`` for ``steps`` optimizer steps under ``work / name`` with ``data`` / ``method`` init-argument
     overrides (``drop_*``: arguments removed first, back to their defaults), ``lr`` and ``seed`` (the run's
-    ``seed_everything``; None keeps the recipe's); no validation, only ``last.ckpt`` kept (returned). The config
-    written is ``work / f"{name}.yaml"``."""
+    ``seed_everything``, so the network's initialisation, and the task's ``seed``, so its training noise; None
+    keeps the recipe's; the data module's own ``seed`` is a ``data`` override); no validation, only ``last.ckpt``
+    kept (returned). The config written is ``work / f"{name}.yaml"``."""
     cfg = yaml.safe_load(resolve_recipe(recipe).read_text())
-    if seed is not None:
-        cfg["seed_everything"] = int(seed)
     model = cfg["model"]["init_args"]
+    if seed is not None:
+        cfg["seed_everything"] = model["seed"] = int(seed)
     if lr is not None:
         model["lr"] = float(lr)
     for key in drop_data:

@@ -48,7 +48,7 @@ class BrainAnomalyDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if spatial_dims != 2 and not slices:
             raise ArgumentError("spatial_dims", f"AnoDDPM data are 2-D images, got spatial_dims={spatial_dims}",
                                 "set spatial_dims: 2 (and slices: true for 3-D volumes)")

@@ -120,6 +120,11 @@ class DictDataModule(L.LightningDataModule):
     ``predict_dataset``; the loaders here do the rest. ``persistent_workers`` keeps worker processes
     (faster) at the cost of exact resume when workers draw random augmentations (their seeds are then
     fixed at the first epoch).
+
+    Subclasses record their arguments with ``save_hyperparameters(logger=False)``: the checkpoint keeps
+    them (``datamodule_hyper_parameters``, read back by ``infer``), the logger gets the task's alone.
+    Lightning refuses to merge the two when a key differs, and both have ``seed`` (the task's seeds the
+    training noise, the data module's the patch draws), so a run with two seeds would stop at start.
     """
 
     def __init__(

@@ -134,7 +134,7 @@ class BlindSRDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if scale < 1 or patch_size < 1 or patch_size % scale:
             raise ArgumentError("patch_size", f"must be a positive multiple of scale {scale}, got {patch_size}",
                                 f"use e.g. {16 * scale}")

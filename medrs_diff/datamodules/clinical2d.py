@@ -433,7 +433,7 @@ class Clinical2DSegmentationDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if layout not in LAYOUTS:
             raise ArgumentError("layout", f"unknown layout {layout!r}", f"choose one of {', '.join(LAYOUTS)}")
         if channels not in ("rgb", "grey"):

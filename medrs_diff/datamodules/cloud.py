@@ -131,7 +131,7 @@ class CloudSeriesDataModule(DictDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
                          collate_fn=collate_series)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if not 1 <= min_dates <= max_dates:
             raise ArgumentError("min_dates / max_dates", f"need 1 <= min_dates <= max_dates, got {min_dates}, "
                                 f"{max_dates}", "e.g. min_dates 1, max_dates 3")

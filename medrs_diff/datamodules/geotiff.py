@@ -92,7 +92,7 @@ class GeoTiffSRDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.root = Path(root)
         self.bigearthnet_root, self.bigearthnet_bands = bigearthnet_root, bigearthnet_bands
         self.hr_raster, self.hr_tile = hr_raster, hr_tile

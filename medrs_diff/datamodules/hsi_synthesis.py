@@ -172,7 +172,7 @@ class HyperspectralSynthesisDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if rgb_bands is None or len(rgb_bands) != 3:
             raise ArgumentError("rgb_bands", f"must be 3 band indices (R, G, B), got {rgb_bands}",
                                 "set data.init_args.rgb_bands, e.g. [32, 15, 5] for Jasper Ridge")

@@ -94,7 +94,7 @@ class HyperspectralPatchDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if path is None and not phantom:
             raise ArgumentError("data.path", "no scene given",
                                 "set path to a Jasper Ridge / Samson .mat or phantom: true")

@@ -111,7 +111,7 @@ class NiftiSegmentationDataModule(DictDataModule):
         from ..data.validation import label_spec
 
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.root = Path(root)
         self.spatial_dims, self.scaling, self.patch_size = spatial_dims, scaling, patch_size
         self.val_fraction = val_fraction

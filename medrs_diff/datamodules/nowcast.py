@@ -81,7 +81,7 @@ class NowcastDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         for name, v in (("past", past), ("future", future), ("factor", factor), ("stride", stride),
                         ("samples_per_epoch", samples_per_epoch), ("val_windows", val_windows)):
             if int(v) < 1:

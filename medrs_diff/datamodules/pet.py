@@ -123,7 +123,7 @@ class PETDoseDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if spatial_dims not in (2, 3):
             raise ArgumentError("spatial_dims", f"must be 2 or 3, got {spatial_dims}", "use 2 (slices) or 3 (patches)")
         patch = (patch_size,) * spatial_dims if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)

@@ -120,7 +120,7 @@ class SpeckleDataModule(DictDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         check_domain(domain)
         self.looks = check_looks(looks)
         if patch_size < 1 or samples_per_epoch < 1 or val_samples < 1:

@@ -181,7 +181,7 @@ class Sar2OptDataModule(_PairDataModule):
         super().__init__(scaling=scaling, target_scaling=target_scaling, patch_size=patch_size, eval_size=eval_size,
                          test_scenes=test_scenes, samples_per_epoch=samples_per_epoch, batch_size=batch_size,
                          val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.root, self.bands = root, check_10m_bands(bands)
         self.phantoms, self.phantom_size = int(phantoms), int(phantom_size)
         if not root and self.phantoms < 1:
@@ -223,7 +223,7 @@ class CloudPairDataModule(_PairDataModule):
         super().__init__(scaling=scaling, target_scaling=target_scaling, patch_size=patch_size, eval_size=eval_size,
                          test_scenes=test_scenes, samples_per_epoch=samples_per_epoch, batch_size=batch_size,
                          val_batch_size=val_batch_size, num_workers=num_workers, seed=seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         unknown = [b for b in bands if b not in S2_L1C_BANDS]
         if unknown or not bands:
             raise ArgumentError("bands", f"unknown band(s) {unknown}", f"choose among {list(S2_L1C_BANDS)}")
