@@ -27,7 +27,8 @@ def _weights(ckpt: Path) -> torch.Tensor:
     return torch.cat([v.flatten().float() for k, v in sorted(state.items()) if v.is_floating_point()])
 
 
-def test_seeds_override_the_recipe_and_reach_training(fit_recipe, tmp_path: Path, one_thread) -> None:
+def test_seeds_override_the_recipe_and_reach_training(fit_recipe, tmp_path: Path, one_thread,
+                                                      restore_global_state) -> None:
     data = {"root": str(tmp_path / "phantoms")}  # the recipe's phantoms are written here, not under the cwd
     runs = {name: fit_recipe(RECIPE, tmp_path, name, steps=1, data=data, seed=seed)
             for name, seed in (("a", 3), ("b", 3), ("c", 4))}
